@@ -1,0 +1,1 @@
+"""Certificate mathematics: atoms, Gaussian, discrete and hybrid bounds. No model code."""
