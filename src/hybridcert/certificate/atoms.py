@@ -44,6 +44,7 @@ __all__ = [
     "uniform_experiment",
 ]
 
+_EPS = float(np.finfo(float).eps)
 # Kinds of atom: likelihood ratio 0 (only the clean input can produce it), finite, infinite.
 _ZERO, _FINITE, _INF = -1, 0, 1
 
@@ -60,6 +61,11 @@ class Atoms:
     log_p_clean, log_p_adv : array_like, shape (K,)
         Natural logarithms of the atom masses under the clean input ``x`` and
         the attacked input ``x'`` (``-inf`` for mass 0).
+    rel_error : float, optional
+        A bound on the relative error of every mass and ratio (as computed by
+        the constructors below from the magnitudes involved, about 1e-13 at
+        ``d = 64``, ``V = 1e9``). The certificates widen their margins by it.
+        Default: only the error of exponentiating the given logs.
 
     Attributes
     ----------
@@ -76,6 +82,7 @@ class Atoms:
     log_ratio: np.ndarray
     log_p_clean: np.ndarray
     log_p_adv: np.ndarray
+    rel_error: float | None = None
     # Cached preparations of the certificate code live in the instance dict.
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -93,6 +100,14 @@ class Atoms:
             raise ValueError("an atom must have positive mass under x or under x'")
         if ((lp == -np.inf) != (lr == np.inf)).any() or ((lq == -np.inf) != (lr == -np.inf)).any():
             raise ValueError("log_ratio must be +inf exactly where p_clean = 0 and -inf where p_adv = 0")
+        finite = np.isfinite(lr)
+        if (np.abs(lq[finite] - lp[finite] - lr[finite]) > 1e-9 * (1 + np.abs(lr[finite]))).any():
+            raise ValueError("log_ratio must equal log_p_adv - log_p_clean")
+        if self.rel_error is None:  # the logs are exact; exp() of them is not
+            rel = 4 * _EPS * (1 + np.abs(lp[finite]) + np.abs(lq[finite])).max(initial=1.0)
+            object.__setattr__(self, "rel_error", float(rel))
+        elif not 0 <= self.rel_error < 1e-3:
+            raise ValueError(f"rel_error must lie in [0, 1e-3), got {self.rel_error!r}")
         order = np.argsort(lr, kind="stable")
         for name, arr in zip(("log_ratio", "log_p_clean", "log_p_adv"), arrays):
             arr = arr[order]
@@ -322,22 +337,30 @@ def product_atoms(groups: Iterable[tuple[PositionExperiment, int]]) -> Atoms:
         classes.append(rows)
 
     n_bases = len(bases)
-    # Start from the single atom of "no position attacked".
-    kind = np.array([_FINITE])
-    expo = np.zeros((1, n_bases), dtype=np.int64)
-    logp = np.zeros(1)
-    logq = np.zeros(1)
+    # Start from the single atom of "no position attacked". ``err`` bounds the absolute error of
+    # the log masses of each row, propagated through every operation below.
+    acc = (np.array([_FINITE]), np.zeros((1, n_bases), dtype=np.int64), np.zeros(1), np.zeros(1),
+           np.zeros(1))
     for (_, n), rows in zip(groups, classes):
-        if n == 0:
-            continue
-        g_kind, g_expo, g_logp, g_logq = _power(rows, n, n_bases)
-        kind, expo, logp, logq = _combine(kind, expo, logp, logq, g_kind, g_expo, g_logp, g_logq)
+        if n:
+            acc = _combine(*acc, *_power(rows, n, n_bases))
+    kind, expo, logp, logq, err = acc
     log_base = np.array([lb for _, lb in bases])
     log_ratio = np.where(kind == _ZERO, -np.inf, np.where(kind == _INF, np.inf, 0.0))
     finite = kind == _FINITE
+    ratio_err = np.zeros(kind.size)
     if n_bases:
         log_ratio[finite] = expo[finite] @ log_base
-    return Atoms(log_ratio, logp, logq)
+        # Each base log ratio is log q - log p of rounded class masses (<= 2 ulps each).
+        base_err = _EPS * (2 * np.abs(log_base) + 8)
+        ratio_err[finite] = np.abs(expo[finite]) @ base_err + 2 * _EPS * np.abs(log_ratio[finite])
+    # Relative error of exp(log mass) and of the ratio, per atom.
+    rel = err + ratio_err + _EPS * (np.abs(_finite_or0(logp)) + np.abs(_finite_or0(logq)) + 4)
+    return Atoms(log_ratio, logp, logq, rel_error=float(rel.max()))
+
+
+def _finite_or0(x: np.ndarray) -> np.ndarray:
+    return np.where(np.isfinite(x), x, 0.0)
 
 
 def _base_of(ratio: Fraction, log_ratio: float, bases: list) -> tuple[int, int]:
@@ -360,18 +383,25 @@ def _power(rows, n: int, n_bases: int):
         if r[1] >= 0:
             unit[j, r[1]] = r[2]
     counts = _compositions(n, len(rows))  # (N, J): how many positions fall in each class
-    log_multinomial = gammaln(n + 1.0) - gammaln(counts + 1.0).sum(axis=1)
+    log_fact = gammaln(counts + 1.0)
+    log_multinomial = gammaln(n + 1.0) - log_fact.sum(axis=1)
     logp = log_multinomial + _xlog(counts, lp)
     logq = log_multinomial + _xlog(counts, lq)
+    # Rounding of gammaln, log, products and sums (a few ulps of each term's magnitude), plus
+    # the class masses themselves (rounded to <= 2 ulps from beta and V).
+    magnitude = gammaln(n + 1.0) + log_fact.sum(axis=1) + np.maximum(
+        np.abs(_xlog(counts, _finite_or0(lp), absolute=True)),
+        np.abs(_xlog(counts, _finite_or0(lq), absolute=True)))
+    err = _EPS * (4 * magnitude + 2 * n + 4)
     has_zero = (counts[:, kinds == _ZERO] > 0).any(axis=1)
     has_inf = (counts[:, kinds == _INF] > 0).any(axis=1)
     kind = np.where(has_zero, _ZERO, np.where(has_inf, _INF, _FINITE))
     expo = counts @ unit
     keep = ~(has_zero & has_inf)  # impossible under both inputs
-    return _group(kind[keep], expo[keep], logp[keep], logq[keep])
+    return _group(kind[keep], expo[keep], logp[keep], logq[keep], err[keep])
 
 
-def _combine(k1, e1, p1, q1, k2, e2, p2, q2):
+def _combine(k1, e1, p1, q1, r1, k2, e2, p2, q2, r2):
     """Product of two independent atom lists, regrouped by ratio."""
     k1, k2 = k1[:, None], k2[None, :]
     kind = np.where((k1 == _ZERO) | (k2 == _ZERO), _ZERO,
@@ -379,19 +409,28 @@ def _combine(k1, e1, p1, q1, k2, e2, p2, q2):
     impossible = ((k1 == _ZERO) & (k2 == _INF)) | ((k1 == _INF) & (k2 == _ZERO))
     expo = e1[:, None, :] + e2[None, :, :]
     keep = ~impossible.ravel()
+    logp = p1[:, None] + p2[None, :]
+    logq = q1[:, None] + q2[None, :]
+    err = r1[:, None] + r2[None, :] + _EPS * np.maximum(
+        np.abs(_finite_or0(logp)), np.abs(_finite_or0(logq)))
     return _group(kind.ravel()[keep], expo.reshape(kind.size, e1.shape[1])[keep],
-                  (p1[:, None] + p2[None, :]).ravel()[keep],
-                  (q1[:, None] + q2[None, :]).ravel()[keep])
+                  logp.ravel()[keep], logq.ravel()[keep], err.ravel()[keep])
 
 
-def _group(kind, expo, logp, logq):
+def _group(kind, expo, logp, logq, err):
     """Merge outcomes of exactly equal ratio (same kind and exponents; ratio 0 or inf pooled)."""
     expo = np.where((kind == _FINITE)[:, None], expo, 0)
     keys = np.column_stack([kind, expo])
     uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
     inverse = inverse.ravel()
     n = len(uniq)
-    return uniq[:, 0], uniq[:, 1:], _logsumexp_by(logp, inverse, n), _logsumexp_by(logq, inverse, n)
+    # A sum of N positive terms is within N ulps; its log within N ulps absolute more.
+    members = np.bincount(inverse, minlength=n)
+    worst = np.zeros(n)
+    np.maximum.at(worst, inverse, err)
+    err_out = worst + _EPS * (members + 2)
+    return (uniq[:, 0], uniq[:, 1:], _logsumexp_by(logp, inverse, n),
+            _logsumexp_by(logq, inverse, n), err_out)
 
 
 def _logsumexp_by(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -419,8 +458,9 @@ def _compositions(n: int, parts: int) -> np.ndarray:
     return out
 
 
-def _xlog(counts: np.ndarray, logs: np.ndarray) -> np.ndarray:
-    """``sum_j counts_j * logs_j`` with ``0 * log 0 = 0``."""
+def _xlog(counts: np.ndarray, logs: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """``sum_j counts_j * logs_j`` with ``0 * log 0 = 0`` (of ``|logs_j|`` if ``absolute``)."""
+    logs = np.abs(logs) if absolute else logs
     terms = np.where(counts == 0, 0.0, counts * np.where(np.isfinite(logs), logs, 0.0))
     terms = np.where((counts > 0) & ~np.isfinite(logs), -np.inf, terms)
     return terms.sum(axis=1)
