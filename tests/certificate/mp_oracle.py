@@ -48,13 +48,29 @@ def uniform_classes(beta, V):
 
 @mp.workdps(DPS)
 def uniform_atoms(d, beta, V):
-    return experiment_atoms([(uniform_classes(beta, V), d)])
+    """theory.md 2.1 verbatim: p_clean(k) = sum over b - a = k of the multinomial terms."""
+    keep, s, o = uniform_classes(beta, V)[0]
+    out = {}
+    for a in range(d + 1):
+        for b in range(d + 1 - a):
+            c = d - a - b
+            coef = mp.factorial(d) / (mp.factorial(a) * mp.factorial(b) * mp.factorial(c))
+            p = coef * keep**a * s**b * o**c
+            q = coef * s**a * keep**b * o**c
+            pp, qq = out.get(b - a, (0, 0))
+            out[b - a] = (pp + p, qq + q)
+    return [(p, q) for p, q in out.values() if p > 0 or q > 0]
 
 
 @mp.workdps(DPS)
 def absorbing_atoms(d, beta):
+    """theory.md 2.2 verbatim."""
     beta = mp.mpf(beta)
-    return experiment_atoms([(((1 - beta, 0, beta), (0, 1 - beta, beta)), d)])
+    if d == 0:
+        return [(mp.mpf(1), mp.mpf(1))]
+    reveal = 1 - beta**d
+    atoms = [(reveal, mp.mpf(0)), (mp.mpf(0), reveal), (beta**d, beta**d)]
+    return [(p, q) for p, q in atoms if p > 0 or q > 0]
 
 
 def _sorted(atoms):

@@ -15,6 +15,7 @@ from ._numerics import (
     lower,
     output,
     prepare,
+    rowdot,
     upper,
 )
 from .atoms import Atoms
@@ -85,15 +86,15 @@ def knapsack_bounds(prep: Prepared, m_lo: np.ndarray, mc_hi: np.ndarray):
         mc = upper(mc_hi[sl] / prep.rel_down)
         frac = lower((m[:, None] - before) / safe_p)
         frac = np.where(positive, np.clip(frac, 0.0, 1.0), 0.0)
-        direct = lower(frac @ q) * prep.rel_down
+        direct = lower(rowdot(frac, q)) * prep.rel_down
         frac_c = upper((mc[:, None] - after) / safe_p)
         frac_c = np.where(positive, np.clip(frac_c, 0.0, 1.0), 1.0)  # ratio-inf atoms lie outside
-        comp = upper(frac_c @ q) * prep.rel_up + prep.abs_slack
+        comp = upper(rowdot(frac_c, q)) * prep.rel_up + prep.abs_slack
         # Mixed: the same bottom fill, its boundary located from the tail sums and 1 - m, which
         # keeps relative accuracy when p is near 1 and V is tiny (no cancellation against 1).
         frac_m = lower(lower(after + p - mc[:, None]) / safe_p)
         frac_m = np.where(positive, np.clip(frac_m, 0.0, 1.0), 0.0)
-        mixed = lower(frac_m @ q) * prep.rel_down
+        mixed = lower(rowdot(frac_m, q)) * prep.rel_down
         direct = np.maximum(direct, mixed)
         v_lo[sl] = np.clip(np.maximum(direct, lower(1.0 - comp)), 0.0, 1.0)
         w_hi[sl] = np.minimum(comp, upper(1.0 - direct))

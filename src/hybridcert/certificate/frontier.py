@@ -152,5 +152,5 @@ def _frontier(p_lower, sigma, tau, choices_per_d: list[list[Atoms]]) -> Frontier
     radii = np.where(certified, radii, 0.0)
     largest = certified.sum(axis=1) - 1
     largest = largest.reshape(shape)
-    return Frontier(radii=radii.reshape(shape + (n_d,)),
+    return Frontier(radii=radii.reshape((*shape, n_d)),
                     largest_budget=int(largest) if largest.ndim == 0 else largest)

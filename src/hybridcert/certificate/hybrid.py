@@ -57,6 +57,8 @@ from ._numerics import (
     probit,
     round_down,
     round_up,
+    total_variation_upper,
+    rowdot,
     upper,
 )
 from .atoms import Atoms
@@ -215,15 +217,15 @@ def _clean_side(prep: Prepared, a, lam):
     t2 = (lam[:, None] - prep.g) / a[:, None]
     z = t2 + 0.5 * a[:, None]
     dens = np.exp(-0.5 * z * z) / SQRT_2PI
-    return (prep.p_zero + ndtr(z) @ prep.p, ndtr(-z) @ prep.p,
-            dens @ prep.p, (dens * z) @ prep.p)
+    return (prep.p_zero + rowdot(ndtr(z), prep.p), rowdot(ndtr(-z), prep.p),
+            rowdot(dens, prep.p), rowdot((dens * z), prep.p))
 
 
 def _adv_side(prep: Prepared, a, lam):
     """Approximate adversarial mass ``V``, its complement ``W``, and ``dV/da`` on the constraint."""
     zq = (lam[:, None] - prep.g) / a[:, None] - 0.5 * a[:, None]
     dens = np.exp(-0.5 * zq * zq) / SQRT_2PI
-    return ndtr(zq) @ prep.q, ndtr(-zq) @ prep.q + prep.q_inf, -(dens @ prep.q)
+    return rowdot(ndtr(zq), prep.q), rowdot(ndtr(-zq), prep.q) + prep.q_inf, -(rowdot(dens, prep.q))
 
 
 def _proved_bounds(prep: Prepared, a, lam, m_lo, mc_hi):
@@ -236,11 +238,11 @@ def _proved_bounds(prep: Prepared, a, lam, m_lo, mc_hi):
     t3 = 0.5 * a[:, None]
     dz = 4 * EPS * (np.abs(t2) + t3) + 1e-300  # bound on the rounding error of z and z - a
     z, zq = t2 + t3, t2 - t3
-    f_hi = upper(prep.p_zero + phi_upper(z, dz) @ prep.p) * prep.rel_up + prep.abs_slack
-    g_lo = lower(phi_lower(-z, dz) @ prep.p) * prep.rel_down
+    f_hi = upper(prep.p_zero + rowdot(phi_upper(z, dz), prep.p)) * prep.rel_up + prep.abs_slack
+    g_lo = lower(rowdot(phi_lower(-z, dz), prep.p)) * prep.rel_down
     ok = (f_hi <= m_lo) | (g_lo >= mc_hi)
-    direct = lower(phi_lower(zq, dz) @ prep.q) * prep.rel_down
-    comp = upper(phi_upper(-zq, dz) @ prep.q + prep.q_inf) * prep.rel_up + prep.abs_slack
+    direct = lower(rowdot(phi_lower(zq, dz), prep.q)) * prep.rel_down
+    comp = upper(rowdot(phi_upper(-zq, dz), prep.q) + prep.q_inf) * prep.rel_up + prep.abs_slack
     v_lo = np.clip(np.maximum(direct, lower(1.0 - comp)), 0.0, 1.0)
     w_hi = np.minimum(comp, upper(1.0 - direct))
     return ok, v_lo, w_hi
@@ -328,8 +330,10 @@ def _bounds_at_radius(prep: Prepared, m_lo, mc_hi, a):
         lam0 = prep.g_mean + a[r] * (probit(m_lo[r], mc_hi[r]) - 0.5 * a[r])
         lam, slope, _ = _solve_lambda(prep, a[r], m_lo[r], mc_hi[r], lam0)
         ok, v, w = _prove(prep, a[r], lam, m_lo[r], mc_hi[r], slope)
-        v_lo[r] = np.where(ok, v, 0.0)  # unproved: fall back to the trivial bounds
-        w_hi[r] = np.where(ok, w, 1.0)
+        # Unproved (a far too small for the evaluation): the total-variation bound still holds.
+        tv = total_variation_upper(a[r])
+        v_lo[r] = np.maximum(np.where(ok, v, 0.0), lower(v_lo[r] - tv))
+        w_hi[r] = np.minimum(np.where(ok, w, 1.0), upper(w_hi[r] + tv))
     return v_lo, w_hi
 
 
@@ -354,7 +358,7 @@ def _threshold_radius(prep: Prepared, p, t):
     rows = np.flatnonzero(certified0 & (p < 1.0) & (p > t))
     if not rows.size:
         return out
-    target = _Target(prep, m_lo[rows], mc_hi[rows], t[rows], tc_lo[rows])
+    target = _Target(prep, m_lo[rows], mc_hi[rows], t[rows], tc_lo[rows], v0=v0[rows])
     a_hi = cohen_scaled_radius(p[rows], t[rows]) * (1 + 1e-9) + 1e-300
     a0 = np.clip(probit(v0[rows], w0[rows]) - probit(t[rows], 1.0 - t[rows]), 0.0, a_hi)
     out[rows] = _search(target, a0, a_hi)
@@ -374,8 +378,8 @@ def _multiclass_scaled_radius(prep: Prepared, pa, pb):
     rows = rows[pa[rows] < 1.0]
     if not rows.size:
         return out
-    target = _Target(prep, pa[rows], complement_up(pa[rows]), None, None,
-                     b_lo=complement_down(pb[rows]), b_hi=pb[rows])
+    target = _Target(prep, pa[rows], complement_up(pa[rows]), None, None, v0=va0[rows],
+                     b_lo=complement_down(pb[rows]), b_hi=pb[rows], u0=ub0[rows])
     a_hi = 0.5 * cohen_scaled_radius(pa[rows], pb[rows]) * (1 + 1e-9) + 1e-300
     a0 = np.clip(0.5 * (probit(va0[rows], 1 - va0[rows]) - probit(ub0[rows], 1 - ub0[rows])),
                  0.0, a_hi)
@@ -391,8 +395,9 @@ class _Target:
     adds a second row per example whose ``V`` enters with the opposite sign.
     """
 
-    def __init__(self, prep, m_lo, mc_hi, t, tc_lo, b_lo=None, b_hi=None):
+    def __init__(self, prep, m_lo, mc_hi, t, tc_lo, v0, b_lo=None, b_hi=None, u0=None):
         self.prep, self.n = prep, m_lo.size
+        self.v0, self.u0 = v0, u0  # proved bounds at a = 0, for the total-variation shortcut
         self.two = b_lo is not None
         self.m_lo = np.concatenate([m_lo, b_lo]) if self.two else m_lo
         self.mc_hi = np.concatenate([mc_hi, b_hi]) if self.two else mc_hi
@@ -431,11 +436,14 @@ class _Target:
         start = self.lam[rows] + self.dlam[rows] * (ar - self.a_prev[rows])
         lam, slope, _ = _solve_lambda(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], start)
         ok, v_lo, w_hi = _prove(self.prep, ar, lam, self.m_lo[rows], self.mc_hi[rows], slope)
+        tv = total_variation_upper(a)
         if not self.two:
-            return ok & ((v_lo >= self.t[idx]) | (w_hi <= self.tc_lo[idx]))
+            by_tv = lower(self.v0[idx] - tv) >= self.t[idx]
+            return by_tv | (ok & ((v_lo >= self.t[idx]) | (w_hi <= self.tc_lo[idx])))
         k = idx.size
         # Lower bound on V_A against upper bound on U_B = 1 - V_B.
-        return ok[:k] & ok[k:] & (v_lo[:k] > w_hi[k:])
+        by_tv = lower(self.v0[idx] - tv) > upper(self.u0[idx] + tv)
+        return by_tv | (ok[:k] & ok[k:] & (v_lo[:k] > w_hi[k:]))
 
 
 def _search(target: _Target, a0, a_hi):
