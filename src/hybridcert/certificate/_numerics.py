@@ -104,6 +104,7 @@ class Prepared:
     q: np.ndarray        # their adversarial masses
     p_zero: float        # clean mass of ratio-0 atoms (always inside the worst-case region)
     q_inf: float         # adversarial mass of ratio-inf atoms (never inside it)
+    g_all: np.ndarray    # all log ratios, ascending (-inf first, +inf last)
     p_all: np.ndarray    # clean masses of all atoms in ratio order (for the knapsack)
     q_all: np.ndarray
     n_atoms: int
@@ -149,7 +150,7 @@ def prepare(atoms: Atoms) -> Prepared:
     prep = Prepared(
         g=g, p=pf, q=q[finite],
         p_zero=float(p[lr == -np.inf].sum()), q_inf=float(q[lr == np.inf].sum()),
-        p_all=p, q_all=q, n_atoms=len(atoms), g_mean=g_mean, rel_error=atoms.rel_error,
+        g_all=lr, p_all=p, q_all=q, n_atoms=len(atoms), g_mean=g_mean, rel_error=atoms.rel_error,
     )
     atoms._cache["prepared"] = prep
     return prep

@@ -57,8 +57,8 @@ from ._numerics import (
     probit,
     round_down,
     round_up,
-    total_variation_upper,
     rowdot,
+    total_variation_upper,
     upper,
 )
 from .atoms import Atoms
@@ -212,31 +212,46 @@ def multiclass_radius(p_lower, p_upper, *, sigma, atoms: Atoms):
 # --------------------------------------------------------------------------- evaluation
 
 
-def _clean_side(prep: Prepared, a, lam):
-    """Approximate clean mass ``F``, its complement ``G``, and ``sum p phi(z)``, ``sum p phi(z) z``."""
-    t2 = (lam[:, None] - prep.g) / a[:, None]
+def _shifted(prep: Prepared, a, lam, origin):
+    """``t2 = (lam - (g - origin)) / a`` for every row and atom, and a bound on its rounding error.
+
+    ``lam`` is measured from a per-row ``origin`` (a finite log ratio near the
+    boundary of the worst-case region), so that the atom the region cuts
+    through keeps full precision even when ``a`` is tiny.
+    """
+    gs = prep.g - origin[:, None]
+    exact = gs == 0  # only the origin atom itself is subtracted exactly for certain
+    t2 = (lam[:, None] - gs) / a[:, None]
+    err = 4 * EPS * np.abs(t2) + np.where(exact, 0.0, EPS * np.abs(gs) / a[:, None])
+    return t2, err
+
+
+def _clean_side(prep: Prepared, a, lam, origin):
+    """Approximate clean mass ``F``, its complement ``G``, ``sum p phi(z)`` and ``sum p phi(z) z``."""
+    t2, _ = _shifted(prep, a, lam, origin)
     z = t2 + 0.5 * a[:, None]
     dens = np.exp(-0.5 * z * z) / SQRT_2PI
     return (prep.p_zero + rowdot(ndtr(z), prep.p), rowdot(ndtr(-z), prep.p),
             rowdot(dens, prep.p), rowdot((dens * z), prep.p))
 
 
-def _adv_side(prep: Prepared, a, lam):
+def _adv_side(prep: Prepared, a, lam, origin):
     """Approximate adversarial mass ``V``, its complement ``W``, and ``dV/da`` on the constraint."""
-    zq = (lam[:, None] - prep.g) / a[:, None] - 0.5 * a[:, None]
+    t2, _ = _shifted(prep, a, lam, origin)
+    zq = t2 - 0.5 * a[:, None]
     dens = np.exp(-0.5 * zq * zq) / SQRT_2PI
     return rowdot(ndtr(zq), prep.q), rowdot(ndtr(-zq), prep.q) + prep.q_inf, -(rowdot(dens, prep.q))
 
 
-def _proved_bounds(prep: Prepared, a, lam, m_lo, mc_hi):
+def _proved_bounds(prep: Prepared, a, lam, origin, m_lo, mc_hi):
     """Rigorous check at threshold ``lam``: is ``lam <= lam*``? and bounds on ``V``, ``1 - V``.
 
     Returns ``(ok, v_lo, w_hi)``; where ``ok``, ``v_lo <= V(a)`` and
     ``w_hi >= 1 - V(a)`` hold for the exact atoms and exact arithmetic.
     """
-    t2 = (lam[:, None] - prep.g) / a[:, None]
+    t2, t2_err = _shifted(prep, a, lam, origin)
     t3 = 0.5 * a[:, None]
-    dz = 4 * EPS * (np.abs(t2) + t3) + 1e-300  # bound on the rounding error of z and z - a
+    dz = t2_err + 4 * EPS * t3 + 1e-300  # bound on the rounding error of z and of z - a
     z, zq = t2 + t3, t2 - t3
     f_hi = upper(prep.p_zero + rowdot(phi_upper(z, dz), prep.p)) * prep.rel_up + prep.abs_slack
     g_lo = lower(rowdot(phi_lower(-z, dz), prep.p)) * prep.rel_down
@@ -248,7 +263,7 @@ def _proved_bounds(prep: Prepared, a, lam, m_lo, mc_hi):
     return ok, v_lo, w_hi
 
 
-def _prove(prep: Prepared, a, lam, m_lo, mc_hi, slope):
+def _prove(prep: Prepared, a, lam, origin, m_lo, mc_hi, slope):
     """Step ``lam`` down until it is provably below ``lam*``; return ``(ok, v_lo, w_hi)``.
 
     ``slope`` is ``dF/dlam``; a step of ``c * min(m, 1 - m) / slope`` lowers the
@@ -259,12 +274,11 @@ def _prove(prep: Prepared, a, lam, m_lo, mc_hi, slope):
     w_hi = np.ones(a.size)
     todo = np.arange(a.size)
     target = np.minimum(m_lo, mc_hi)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        step0 = np.where(slope > 0, 4 * prep.margin * target / slope, np.inf)
+    step0 = np.where(slope > 0, 4 * prep.margin * target / slope, a)
     for attempt in range(8):
-        step = np.minimum(step0[todo] * 10.0**attempt, 1e-3 * (1 + np.abs(lam[todo])))
-        step = np.maximum(step, 8 * EPS * (1 + np.abs(lam[todo])))
-        ok_i, v_i, w_i = _proved_bounds(prep, a[todo], lam[todo] - step, m_lo[todo], mc_hi[todo])
+        step = np.maximum(step0[todo] * 10.0**attempt, 4 * EPS * np.abs(lam[todo]) + 1e-300)
+        ok_i, v_i, w_i = _proved_bounds(prep, a[todo], lam[todo] - step, origin[todo],
+                                        m_lo[todo], mc_hi[todo])
         ok[todo[ok_i]] = True
         v_lo[todo[ok_i]] = v_i[ok_i]
         w_hi[todo[ok_i]] = w_i[ok_i]
@@ -274,18 +288,27 @@ def _prove(prep: Prepared, a, lam, m_lo, mc_hi, slope):
     return ok, v_lo, w_hi
 
 
-def _solve_lambda(prep: Prepared, a, m, mc, lam0):
-    """Approximate ``lam*`` with ``F(lam*) = m`` for each row; safeguarded Newton on ``probit(F)``."""
+def _origin(prep: Prepared, m, mc):
+    """Per row: the finite log ratio where the discrete fill of mass ``m`` stops, and the
+    probit of the fraction of that atom filled (a starting point for small ``a``)."""
+    n_zero = int(np.sum(np.isneginf(prep.g_all)))
+    cum = np.cumsum(prep.p_all)
+    j = np.clip(np.searchsorted(cum, m), n_zero, n_zero + prep.g.size - 1)
+    before = np.where(j > 0, cum[j - 1], 0.0)
+    frac = np.clip((m - before) / prep.p_all[j], 1e-300, 1.0)
+    return prep.g[j - n_zero], probit(frac, 1.0 - frac)
+
+
+def _solve_lambda(prep: Prepared, a, m, mc, lam0, origin):
+    """Approximate ``lam*`` (from ``origin``) with ``F(lam*) = m``; safeguarded Newton on ``probit(F)``."""
     pm = probit(m, mc)
-    # Analytic brackets: F >= Phi(z with the largest ratio), F <= p0 + (1-p0) Phi(z with the smallest).
-    g_lo, g_hi = prep.g[0], prep.g[-1]
+    # Analytic brackets: F >= Phi(z of the largest ratio), F <= p0 + (1-p0) Phi(z of the smallest).
+    g_lo, g_hi = prep.g[0] - origin, prep.g[-1] - origin
     rest = 1.0 - prep.p_zero
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pm_rest = probit((m - prep.p_zero) / rest, mc / rest)
-        lo = g_lo + a * (pm_rest - 0.5 * a)
-        hi = g_hi + a * (pm - 0.5 * a)
-    pad = 1e-9 * (1 + np.abs(lo)) + a
-    lo = np.where(np.isfinite(lo), lo - pad, g_lo - 40 * a - 1.0)
+    pm_rest = probit((m - prep.p_zero) / rest, mc / rest)
+    lo = g_lo + a * (pm_rest - 0.5 * a)
+    hi = g_hi + a * (pm - 0.5 * a)
+    lo = np.where(np.isfinite(lo), lo - 1e-9 * (1 + np.abs(lo)) - a, g_lo - 40 * a - 1.0)
     hi = np.where(np.isfinite(hi), hi + 1e-9 * (1 + np.abs(hi)) + a, g_hi + 40 * a + 1.0)
     lam = np.where((lam0 > lo) & (lam0 < hi), lam0, 0.5 * (lo + hi))
     slope = np.zeros(a.size)
@@ -293,27 +316,31 @@ def _solve_lambda(prep: Prepared, a, m, mc, lam0):
     todo = np.arange(a.size)
     for _ in range(_MAX_NEWTON):
         at = todo
-        F, G, s0, s1 = _clean_side(prep, a[at], lam[at])
+        F, G, s0, s1 = _clean_side(prep, a[at], lam[at], origin[at])
         slope[at] = s0 / a[at]
         spread[at] = np.where(s0 > 0, s1 / np.where(s0 > 0, s0, 1.0), 0.0)
         psi = probit(F, G)
-        with np.errstate(invalid="ignore"):
-            r = psi - pm[at]
-            lo[at] = np.where(r <= 0, lam[at], lo[at])
-            hi[at] = np.where(r >= 0, lam[at], hi[at])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dpsi = slope[at] * SQRT_2PI * np.exp(0.5 * psi * psi)
-            new = lam[at] - r / dpsi
+        r = psi - pm[at]
+        lo[at] = np.where(r <= 0, lam[at], lo[at])
+        hi[at] = np.where(r >= 0, lam[at], hi[at])
+        dpsi = slope[at] * SQRT_2PI * np.exp(0.5 * psi * psi)
+        new = lam[at] - r / dpsi
         bisect = ~np.isfinite(new) | (new <= lo[at]) | (new >= hi[at])
         new = np.where(bisect, 0.5 * (lo[at] + hi[at]), new)
         done = (np.abs(r) <= 1e-13 * (1 + np.abs(pm[at]))) | \
-            (hi[at] - lo[at] <= 4 * EPS * (np.abs(lam[at]) + a[at]))
+            (hi[at] - lo[at] <= 4 * EPS * np.abs(lam[at]) + 1e-300)
         lam[at] = np.where(done, lam[at], new)
         todo = at[~done]
         if not todo.size:
             break
     # d lam*/d a along F = m (for warm starts): -a + sum p phi z / sum p phi.
     return lam, slope, spread - a
+
+
+def _start(prep: Prepared, a, m, mc, origin, frac_probit):
+    """Starting ``lam``: the fractional atom's step for small ``a``, the mixture's for large ``a``."""
+    mixture = prep.g_mean - origin + a * (probit(m, mc) - 0.5 * a)
+    return np.where(a < 1.0, a * (frac_probit - 0.5 * a), mixture)
 
 
 @_quiet
@@ -327,9 +354,10 @@ def _bounds_at_radius(prep: Prepared, m_lo, mc_hi, a):
     v_lo[inf_rows], w_hi[inf_rows] = 0.0, 1.0
     for sl in chunk_rows(rows.size, prep.n_atoms, budget=1 << 18):
         r = rows[sl]
-        lam0 = prep.g_mean + a[r] * (probit(m_lo[r], mc_hi[r]) - 0.5 * a[r])
-        lam, slope, _ = _solve_lambda(prep, a[r], m_lo[r], mc_hi[r], lam0)
-        ok, v, w = _prove(prep, a[r], lam, m_lo[r], mc_hi[r], slope)
+        origin, frac_probit = _origin(prep, m_lo[r], mc_hi[r])
+        lam0 = _start(prep, a[r], m_lo[r], mc_hi[r], origin, frac_probit)
+        lam, slope, _ = _solve_lambda(prep, a[r], m_lo[r], mc_hi[r], lam0, origin)
+        ok, v, w = _prove(prep, a[r], lam, origin, m_lo[r], mc_hi[r], slope)
         # Unproved (a far too small for the evaluation): the total-variation bound still holds.
         tv = total_variation_upper(a[r])
         v_lo[r] = np.maximum(np.where(ok, v, 0.0), lower(v_lo[r] - tv))
@@ -402,28 +430,32 @@ class _Target:
         self.m_lo = np.concatenate([m_lo, b_lo]) if self.two else m_lo
         self.mc_hi = np.concatenate([mc_hi, b_hi]) if self.two else mc_hi
         self.t, self.tc_lo = t, tc_lo
-        self.lam = None
+        self.origin, self.frac_probit = _origin(prep, self.m_lo, self.mc_hi)
+        size = self.m_lo.size
+        self.lam, self.dlam, self.a_prev = np.zeros(size), np.zeros(size), np.full(size, np.nan)
 
     def _rows(self, idx):
         return np.concatenate([idx, idx + self.n]) if self.two else idx
 
-    def evaluate(self, idx, a, lam_guess=None):
-        """Approximate ``h`` and ``dh/da`` at ``a`` for examples ``idx``; updates warm starts."""
+    def _solve(self, idx, a):
+        """Threshold ``lam*`` for the rows of examples ``idx`` at ``a``, warm-started."""
         rows = self._rows(idx)
         ar = np.concatenate([a, a]) if self.two else a
-        if self.lam is None:
-            self.lam = self.prep.g_mean + np.zeros(self.m_lo.size)
-            self.dlam = np.zeros(self.m_lo.size)
-            self.a_prev = np.zeros(self.m_lo.size)
-            start = self.prep.g_mean + ar * (probit(self.m_lo, self.mc_hi)[rows] - 0.5 * ar)
-        else:
-            start = self.lam[rows] + self.dlam[rows] * (ar - self.a_prev[rows])
-        lam, _, dlam = _solve_lambda(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], start)
+        fresh = _start(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], self.origin[rows],
+                       self.frac_probit[rows])
+        warm = self.lam[rows] + self.dlam[rows] * (ar - self.a_prev[rows])
+        start = np.where(np.isnan(self.a_prev[rows]), fresh, warm)
+        lam, slope, dlam = _solve_lambda(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], start,
+                                         self.origin[rows])
         self.lam[rows], self.dlam[rows], self.a_prev[rows] = lam, dlam, ar
-        V, W, dV = _adv_side(self.prep, ar, lam)
+        return rows, ar, lam, slope
+
+    def evaluate(self, idx, a):
+        """Approximate ``h`` and ``dh/da`` at ``a`` for examples ``idx``."""
+        rows, ar, lam, _ = self._solve(idx, a)
+        V, W, dV = _adv_side(self.prep, ar, lam, self.origin[rows])
         chi = probit(V, W)
-        with np.errstate(over="ignore", invalid="ignore"):
-            dchi = dV * SQRT_2PI * np.exp(0.5 * chi * chi)
+        dchi = dV * SQRT_2PI * np.exp(0.5 * chi * chi)
         if not self.two:
             return chi - probit(self.t[idx], 1.0 - self.t[idx]), dchi
         k = idx.size
@@ -431,11 +463,9 @@ class _Target:
 
     def proved(self, idx, a):
         """True where the rule provably holds at every scaled radius up to ``a``."""
-        rows = self._rows(idx)
-        ar = np.concatenate([a, a]) if self.two else a
-        start = self.lam[rows] + self.dlam[rows] * (ar - self.a_prev[rows])
-        lam, slope, _ = _solve_lambda(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], start)
-        ok, v_lo, w_hi = _prove(self.prep, ar, lam, self.m_lo[rows], self.mc_hi[rows], slope)
+        rows, ar, lam, slope = self._solve(idx, a)
+        ok, v_lo, w_hi = _prove(self.prep, ar, lam, self.origin[rows], self.m_lo[rows],
+                                self.mc_hi[rows], slope)
         tv = total_variation_upper(a)
         if not self.two:
             by_tv = lower(self.v0[idx] - tv) >= self.t[idx]
