@@ -450,6 +450,58 @@ class _Target:
         self.lam[rows], self.dlam[rows], self.a_prev[rows] = lam, dlam, ar
         return rows, ar, lam, slope
 
+    def joint(self, a0, a_hi, max_iter: int = 16):
+        """Newton on ``(lam, a)`` at once (threshold rule): both equations in probit space.
+
+        Returns ``(a, dh/da, converged)``. Rows that do not converge go to the
+        safeguarded nested search; nothing here needs to be right, only fast.
+        """
+        prep, m, mc = self.prep, self.m_lo, self.mc_hi
+        pm, pt = probit(m, mc), probit(self.t, 1.0 - self.t)
+        a = np.where(a0 > 0, a0, 0.5 * a_hi)
+        _, _, lam, _ = self._solve(np.arange(a.size), a)  # start on the constraint F = m
+        lam = lam.copy()
+        slope = np.full(a.size, np.nan)
+        done = np.zeros(a.size, dtype=bool)
+        todo = np.arange(a.size)
+        for _ in range(max_iter):
+            at, lt = a[todo], lam[todo]
+            t2, _ = _shifted(prep, at, lt, self.origin[todo])
+            z = t2 + 0.5 * at[:, None]
+            zq = t2 - 0.5 * at[:, None]
+            dz = np.exp(-0.5 * z * z) / SQRT_2PI
+            dq = np.exp(-0.5 * zq * zq) / SQRT_2PI
+            psi = probit(prep.p_zero + rowdot(ndtr(z), prep.p), rowdot(ndtr(-z), prep.p))
+            chi = probit(rowdot(ndtr(zq), prep.q), rowdot(ndtr(-zq), prep.q) + prep.q_inf)
+            s0, s1 = rowdot(dz, prep.p), rowdot(dz * z, prep.p)
+            t0, t1 = rowdot(dq, prep.q), rowdot(dq * zq, prep.q)
+            e1, e2 = psi - pm[todo], chi - pt[todo]
+            scale1 = SQRT_2PI * np.exp(0.5 * psi * psi)  # 1 / phi(psi)
+            scale2 = SQRT_2PI * np.exp(0.5 * chi * chi)
+            j11, j12 = scale1 * s0 / at, scale1 * (s0 - s1 / at)
+            j21, j22 = scale2 * t0 / at, -scale2 * (t1 / at + t0)
+            det = j11 * j22 - j12 * j21
+            d_lam = (e1 * j22 - e2 * j12) / det
+            d_a = (j11 * e2 - j21 * e1) / det
+            conv = (np.abs(e1) <= 1e-12) & (np.abs(e2) <= 1e-12)
+            slope[todo] = -scale2 * t0  # dh/da along F = m
+            self.lam[todo], self.dlam[todo], self.a_prev[todo] = lt, s1 / s0 - at, at
+            done[todo[conv]] = True
+            # Damp a step that leaves (0, a_hi]: halve it until it stays inside.
+            damp = np.ones(todo.size)
+            for _ in range(8):
+                new_a = at - damp * d_a
+                bad = ~((new_a > 0) & (new_a <= a_hi[todo]))
+                damp = np.where(bad, 0.5 * damp, damp)
+            new_a, new_lam = at - damp * d_a, lt - damp * d_lam
+            ok = np.isfinite(new_a) & np.isfinite(new_lam) & (new_a > 0) & (new_a <= a_hi[todo])
+            keep = ~conv & ok
+            a[todo[keep]], lam[todo[keep]] = new_a[keep], new_lam[keep]
+            todo = todo[keep]
+            if not todo.size:
+                break
+        return a, slope, done
+
     def evaluate(self, idx, a):
         """Approximate ``h`` and ``dh/da`` at ``a`` for examples ``idx``."""
         rows, ar, lam, _ = self._solve(idx, a)
@@ -481,10 +533,15 @@ def _search(target: _Target, a0, a_hi):
     n = a0.size
     idx_all = np.arange(n)
     lo, hi = np.zeros(n), a_hi.copy()
-    a = np.where(a0 > 0, a0, 0.5 * a_hi)
-    slope = np.full(n, np.nan)
-    todo = idx_all
-    for _ in range(_MAX_NEWTON):
+    if target.two:
+        a = np.where(a0 > 0, a0, 0.5 * a_hi)
+        slope = np.full(n, np.nan)
+        todo = idx_all
+    else:
+        a, slope, converged = target.joint(a0, a_hi)
+        a = np.where(converged, a, np.where(a0 > 0, a0, 0.5 * a_hi))
+        todo = idx_all[~converged]
+    for _ in range(_MAX_NEWTON if todo.size else 0):
         h, dh = target.evaluate(todo, a[todo])
         slope[todo] = dh
         at = a[todo]
