@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    p_batch = 1 - 10 ** rng.uniform(-6, -0.3, args.batch)
+    p_batch = 1 - 10 ** rng.uniform(-12, -0.3, args.batch)
     n_scalar = 50 if args.quick else 200
     n_naive = 3 if args.quick else 10
     budgets = (1, 4, 8, 16, 32)

@@ -126,6 +126,15 @@ def test_multiclass_with_budget_matches_oracle():
         hc.certified_radius(0.99, sigma=1.0, atoms=atoms, tau=0.5), rel=1e-8)
 
 
+def test_multiclass_edge_bounds():
+    atoms0 = hc.uniform_atoms(0, beta=0.3, vocab_size=9)
+    r = hc.multiclass_radius(0.999, 0.0, sigma=1.0, atoms=atoms0)
+    assert np.isfinite(r) and r > hc.multiclass_radius(0.999, 1e-12, sigma=1.0, atoms=atoms0)
+    atoms = hc.uniform_atoms(1, beta=0.2, vocab_size=9)  # no ratio-inf atoms: nothing reveals x'
+    assert hc.multiclass_radius(1.0, 0.0, sigma=1.0, atoms=atoms) == np.inf
+    assert hc.multiclass_radius(0.3, 0.3, sigma=1.0, atoms=atoms) == 0.0
+
+
 def test_upper_probability_never_below_oracle():
     atoms = hc.uniform_atoms(3, beta=0.25, vocab_size=7)
     ex_atoms = O.uniform_atoms(3, 0.25, 7)

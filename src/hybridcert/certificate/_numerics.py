@@ -59,8 +59,7 @@ def phi_lower(z: np.ndarray, dz: np.ndarray) -> np.ndarray:
 
 def probit(p: np.ndarray, pc: np.ndarray) -> np.ndarray:
     """``Phi^-1(p)`` given ``p`` and its complement ``pc = 1 - p``, accurate in both tails."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(p <= 0.5, ndtri(p), -ndtri(pc))
+    return np.where(p <= 0.5, ndtri(p), -ndtri(pc))
 
 
 def complement_down(x: np.ndarray) -> np.ndarray:

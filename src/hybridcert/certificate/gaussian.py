@@ -43,9 +43,9 @@ def gaussian_radius(p_lower, *, sigma, tau=0.5):
 
 def cohen_scaled_radius(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``Phi^-1(p) - Phi^-1(t)`` rounded down to a sound value; 0 if not positive, inf at p = 1."""
-    a_p = probit(p, 1.0 - p)  # 1 - p is exact where probit uses it (p > 1/2)
-    a_t = probit(t, 1.0 - t)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_p = probit(p, 1.0 - p)  # 1 - p is exact where probit uses it (p > 1/2)
+        a_t = probit(t, 1.0 - t)
         a = a_p - a_t
         a = a - NDTRI_RTOL * 1.01 * (np.abs(a_p) + np.abs(a_t)) - 2 * EPS * np.abs(a)
     a = np.where(p >= 1.0, np.inf, a)

@@ -187,7 +187,8 @@ def multiclass_radius(p_lower, p_upper, *, sigma, atoms: Atoms):
         Lower confidence bound on ``p_A(x)``.
     p_upper : array_like
         Upper confidence bound on ``p_B(x)``; must satisfy
-        ``p_lower + p_upper <= 1``.
+        ``p_lower + p_upper <= 1``. Values below 1e-300 are raised to 1e-300
+        (sound: a larger upper bound), which keeps the radius finite.
     sigma : array_like, > 0
     atoms : Atoms
 
@@ -202,6 +203,9 @@ def multiclass_radius(p_lower, p_upper, *, sigma, atoms: Atoms):
     shape, (pa, pb, s) = broadcast(pa, pb, s)
     if (pa + pb > 1 + 4 * EPS).any():
         raise ValueError("p_lower + p_upper must be <= 1 (they bound two different labels)")
+    # Raising an upper bound is always sound; it keeps probit(p_upper) finite. (p_lower = 1
+    # forces p_upper = 0 and has its own exact path.)
+    pb = np.where((pb < 1e-300) & (pa < 1.0), 1e-300, pb)
     prep = prepare(atoms)
     a = np.empty(pa.size)
     for sl in chunk_rows(pa.size, prep.n_atoms, budget=1 << 18):
@@ -226,12 +230,21 @@ def _shifted(prep: Prepared, a, lam, origin):
     return t2, err
 
 
+def _tails(z):
+    """``(Phi(z), Phi(-z))`` from one ``ndtr`` call: the small tail is exact, the other is 1 - it."""
+    small = ndtr(-np.abs(z))
+    big = 1.0 - small
+    neg = z < 0
+    return np.where(neg, small, big), np.where(neg, big, small)
+
+
 def _clean_side(prep: Prepared, a, lam, origin):
     """Approximate clean mass ``F``, its complement ``G``, ``sum p phi(z)`` and ``sum p phi(z) z``."""
     t2, _ = _shifted(prep, a, lam, origin)
     z = t2 + 0.5 * a[:, None]
     dens = np.exp(-0.5 * z * z) / SQRT_2PI
-    return (prep.p_zero + rowdot(ndtr(z), prep.p), rowdot(ndtr(-z), prep.p),
+    lower_tail, upper_tail = _tails(z)
+    return (prep.p_zero + rowdot(lower_tail, prep.p), rowdot(upper_tail, prep.p),
             rowdot(dens, prep.p), rowdot((dens * z), prep.p))
 
 
@@ -240,7 +253,8 @@ def _adv_side(prep: Prepared, a, lam, origin):
     t2, _ = _shifted(prep, a, lam, origin)
     zq = t2 - 0.5 * a[:, None]
     dens = np.exp(-0.5 * zq * zq) / SQRT_2PI
-    return rowdot(ndtr(zq), prep.q), rowdot(ndtr(-zq), prep.q) + prep.q_inf, -(rowdot(dens, prep.q))
+    lower_tail, upper_tail = _tails(zq)
+    return rowdot(lower_tail, prep.q), rowdot(upper_tail, prep.q) + prep.q_inf, -rowdot(dens, prep.q)
 
 
 def _proved_bounds(prep: Prepared, a, lam, origin, m_lo, mc_hi):
@@ -299,7 +313,7 @@ def _origin(prep: Prepared, m, mc):
     return prep.g[j - n_zero], probit(frac, 1.0 - frac)
 
 
-def _solve_lambda(prep: Prepared, a, m, mc, lam0, origin):
+def _solve_lambda(prep: Prepared, a, m, mc, lam0, origin, max_iter: int = _MAX_NEWTON):
     """Approximate ``lam*`` (from ``origin``) with ``F(lam*) = m``; safeguarded Newton on ``probit(F)``."""
     pm = probit(m, mc)
     # Analytic brackets: F >= Phi(z of the largest ratio), F <= p0 + (1-p0) Phi(z of the smallest).
@@ -314,7 +328,7 @@ def _solve_lambda(prep: Prepared, a, m, mc, lam0, origin):
     slope = np.zeros(a.size)
     spread = np.zeros(a.size)
     todo = np.arange(a.size)
-    for _ in range(_MAX_NEWTON):
+    for _ in range(max_iter):
         at = todo
         F, G, s0, s1 = _clean_side(prep, a[at], lam[at], origin[at])
         slope[at] = s0 / a[at]
@@ -437,7 +451,7 @@ class _Target:
     def _rows(self, idx):
         return np.concatenate([idx, idx + self.n]) if self.two else idx
 
-    def _solve(self, idx, a):
+    def _solve(self, idx, a, max_iter: int = _MAX_NEWTON):
         """Threshold ``lam*`` for the rows of examples ``idx`` at ``a``, warm-started."""
         rows = self._rows(idx)
         ar = np.concatenate([a, a]) if self.two else a
@@ -446,7 +460,7 @@ class _Target:
         warm = self.lam[rows] + self.dlam[rows] * (ar - self.a_prev[rows])
         start = np.where(np.isnan(self.a_prev[rows]), fresh, warm)
         lam, slope, dlam = _solve_lambda(self.prep, ar, self.m_lo[rows], self.mc_hi[rows], start,
-                                         self.origin[rows])
+                                         self.origin[rows], max_iter)
         self.lam[rows], self.dlam[rows], self.a_prev[rows] = lam, dlam, ar
         return rows, ar, lam, slope
 
@@ -459,7 +473,7 @@ class _Target:
         prep, m, mc = self.prep, self.m_lo, self.mc_hi
         pm, pt = probit(m, mc), probit(self.t, 1.0 - self.t)
         a = np.where(a0 > 0, a0, 0.5 * a_hi)
-        _, _, lam, _ = self._solve(np.arange(a.size), a)  # start on the constraint F = m
+        _, _, lam, _ = self._solve(np.arange(a.size), a, max_iter=3)  # near the constraint F = m
         lam = lam.copy()
         slope = np.full(a.size, np.nan)
         done = np.zeros(a.size, dtype=bool)
@@ -471,8 +485,10 @@ class _Target:
             zq = t2 - 0.5 * at[:, None]
             dz = np.exp(-0.5 * z * z) / SQRT_2PI
             dq = np.exp(-0.5 * zq * zq) / SQRT_2PI
-            psi = probit(prep.p_zero + rowdot(ndtr(z), prep.p), rowdot(ndtr(-z), prep.p))
-            chi = probit(rowdot(ndtr(zq), prep.q), rowdot(ndtr(-zq), prep.q) + prep.q_inf)
+            fz, gz = _tails(z)
+            vq, wq = _tails(zq)
+            psi = probit(prep.p_zero + rowdot(fz, prep.p), rowdot(gz, prep.p))
+            chi = probit(rowdot(vq, prep.q), rowdot(wq, prep.q) + prep.q_inf)
             s0, s1 = rowdot(dz, prep.p), rowdot(dz * z, prep.p)
             t0, t1 = rowdot(dq, prep.q), rowdot(dq * zq, prep.q)
             e1, e2 = psi - pm[todo], chi - pt[todo]
