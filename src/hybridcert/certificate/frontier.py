@@ -61,10 +61,12 @@ def certified_frontier(
         threat region (one estimate certifies every ``d <= d_max``).
     sigma : float > 0
         Gaussian noise level.
-    atoms : sequence of Atoms, or callable ``d -> Atoms``
+    atoms : sequence, or callable ``d -> Atoms``
         The atoms of each budget, ``atoms[d]``; with a callable, ``d_max`` is
         required (for instance ``lambda d: uniform_atoms(d, beta=.25,
-        vocab_size=V)``).
+        vocab_size=V)``). An entry may also be a list of Atoms, the
+        experiments an attacker can choose between at that budget: the radius
+        is then the minimum over them.
     d_max : int, optional
         Largest budget; defaults to ``len(atoms) - 1``.
     tau : float in (0, 1)
@@ -92,7 +94,8 @@ def certified_frontier(
         if d_max >= len(table):
             raise ValueError(f"d_max must be < len(atoms) = {len(table)}, got {d_max}")
         table = table[: d_max + 1]
-    return _frontier(p_lower, sigma, tau, [[a] for a in table])
+    return _frontier(p_lower, sigma, tau, [list(a) if isinstance(a, (list, tuple)) else [a]
+                                           for a in table])
 
 
 def categorical_frontier(

@@ -1,0 +1,432 @@
+"""Noise kernels and threat regions (theory.md, section 2).
+
+A discrete kernel draws noisy token sequences *and* knows the atoms that
+describe it. The certificate is computed from the same object that drew the
+samples, so the two cannot disagree (a kernel sampled as uniform but
+certified as absorbing cannot happen here). A threat region says which
+positions are noised and which the attacker may change.
+
+Sampling is vectorised and seeded: every ``sample`` takes a
+``numpy.random.Generator``. Token arrays are integer numpy arrays. The engine
+converts torch tensors at its edge, and :class:`GaussianNoise` draws on the
+tensor's own device when given one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+
+from ._validation import check_beta, check_int, check_positive
+from .certificate.atoms import (
+    Atoms,
+    absorbing_atoms,
+    categorical_atoms,
+    field_choices,
+    product_atoms,
+    uniform_atoms,
+    uniform_experiment,
+)
+
+__all__ = [
+    "AbsorbingMask",
+    "AppendOnly",
+    "CategoricalSubstitution",
+    "DiscreteKernel",
+    "GaussianNoise",
+    "InPlaceSuffix",
+    "L0Anywhere",
+    "ThreatRegion",
+    "UniformSubstitution",
+    "attack_atoms",
+]
+
+
+# --------------------------------------------------------------------------- threat regions
+
+
+class ThreatRegion(ABC):
+    """Which positions are noised, and which the attacker may change (the same ones)."""
+
+    @abstractmethod
+    def apply(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(sequence to noise, boolean mask of the noised/attackable positions)``."""
+
+    def restricted(self, d: int) -> ThreatRegion:
+        """The region the loop-over-d protocol noises for budget ``d`` (default: unchanged)."""
+        return self
+
+    def describe(self) -> dict:
+        return {"region": type(self).__name__}
+
+
+@dataclass(frozen=True)
+class L0Anywhere(ThreatRegion):
+    """Every position is noised; the attacker changes at most ``d`` of them anywhere."""
+
+    def apply(self, tokens):
+        return tokens, np.ones(tokens.shape[-1], dtype=bool)
+
+
+@dataclass(frozen=True)
+class InPlaceSuffix(ThreatRegion):
+    """The last ``length`` positions are noised; the attacker changes positions inside them."""
+
+    length: int
+
+    def __post_init__(self):
+        check_int("length", self.length, minimum=1)
+
+    def apply(self, tokens):
+        if self.length > tokens.shape[-1]:
+            raise ValueError(f"the suffix length ({self.length}) exceeds the sequence length "
+                             f"({tokens.shape[-1]})")
+        mask = np.zeros(tokens.shape[-1], dtype=bool)
+        mask[-self.length:] = True
+        return tokens, mask
+
+    def restricted(self, d):
+        return InPlaceSuffix(max(d, 1))
+
+    def describe(self):
+        return {"region": "InPlaceSuffix", "length": self.length}
+
+
+@dataclass(frozen=True)
+class AppendOnly(ThreatRegion):
+    """``max_append`` filler symbols are appended and noised; appended attacker symbols
+    overwrite the first fillers."""
+
+    max_append: int
+    filler: int
+
+    def __post_init__(self):
+        check_int("max_append", self.max_append, minimum=1)
+
+    def apply(self, tokens):
+        pads = np.full(self.max_append, self.filler, dtype=tokens.dtype)
+        mask = np.r_[np.zeros(tokens.shape[-1], dtype=bool), np.ones(self.max_append, dtype=bool)]
+        return np.concatenate([tokens, pads]), mask
+
+    def restricted(self, d):
+        return AppendOnly(max(d, 1), self.filler)
+
+    def describe(self):
+        return {"region": "AppendOnly", "max_append": self.max_append, "filler": self.filler}
+
+
+# --------------------------------------------------------------------------- discrete kernels
+
+
+class DiscreteKernel(ABC):
+    """A per-position noise kernel on token ids that knows its own likelihood-ratio atoms."""
+
+    beta: float
+
+    @abstractmethod
+    def sample(self, tokens: np.ndarray, noised: np.ndarray, n: int,
+               rng: np.random.Generator) -> np.ndarray:
+        """``n`` noisy copies of ``tokens`` (shape ``(n, L)``); only ``noised`` positions change."""
+
+    @abstractmethod
+    def attack_spec(self, tokens: np.ndarray, attackable: np.ndarray) -> dict:
+        """What the certificate needs to know about this kernel at ``tokens`` (JSON-able).
+
+        :func:`attack_atoms` turns it into atoms, so a certificate can be
+        recomputed from its recorded settings without the kernel object.
+        """
+
+    def attack_atoms(self, d: int, tokens: np.ndarray, attackable: np.ndarray) -> list[Atoms]:
+        """Atoms of every experiment an attacker with budget ``d`` can induce at ``tokens``.
+
+        The certificate is the minimum over this list (the attacker picks).
+        """
+        return attack_atoms(self.attack_spec(tokens, attackable), d)
+
+    def describe(self) -> dict:
+        return {"kernel": type(self).__name__, "beta": self.beta}
+
+
+@dataclass(frozen=True, eq=False)
+class UniformSubstitution(DiscreteKernel):
+    """Keep a token w.p. ``1 - beta``, else replace it uniformly from the noise alphabet.
+
+    Parameters
+    ----------
+    beta : float in (0, 1]
+    vocab_size : int, optional
+        Alphabet ``{0, ..., vocab_size - 1}``.
+    alphabet : array_like of int, optional
+        An explicit (restricted) alphabet of token ids, for instance the
+        printable tokens of a tokenizer. A clean token outside it is replaced
+        uniformly over the whole alphabet (theory.md 2.3).
+    attacker_alphabet : {"noise", "any"}
+        Whether the attacker writes only symbols of the noise alphabet
+        (``"noise"``, the default) or any symbol (``"any"``, a stronger
+        attacker: a symbol the noise can never produce reveals itself). The
+        certificate takes the worst case over what the attacker can induce.
+    """
+
+    beta: float
+    vocab_size: int | None = None
+    alphabet: np.ndarray | None = None
+    attacker_alphabet: str = "noise"
+    _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "beta", check_beta(self.beta))
+        if (self.vocab_size is None) == (self.alphabet is None):
+            raise ValueError("give exactly one of vocab_size and alphabet")
+        if self.alphabet is not None:
+            alpha = np.unique(np.asarray(self.alphabet).astype(np.int64))
+            if alpha.size != np.asarray(self.alphabet).size:
+                raise ValueError("alphabet must not contain duplicates")
+            object.__setattr__(self, "_sorted", alpha)
+            object.__setattr__(self, "vocab_size", int(alpha.size))
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        if self.attacker_alphabet not in ("noise", "any"):
+            raise ValueError("attacker_alphabet must be 'noise' or 'any'")
+
+    def _index(self, tokens):
+        """Index of each token in the alphabet, -1 where it is outside."""
+        if self._sorted is None:
+            return np.where((tokens >= 0) & (tokens < self.vocab_size), tokens, -1)
+        pos = np.clip(np.searchsorted(self._sorted, tokens), 0, self.vocab_size - 1)
+        return np.where(self._sorted[pos] == tokens, pos, -1)
+
+    def sample(self, tokens, noised, n, rng):
+        out = np.repeat(tokens[None, :], n, axis=0)
+        cols = np.flatnonzero(noised)
+        if not cols.size:
+            return out
+        idx = self._index(tokens[cols])
+        inside = idx >= 0
+        # Uniform over the alphabet minus the current symbol: draw from V - 1 and skip it.
+        draw = rng.integers(0, self.vocab_size - inside, size=(n, cols.size))
+        draw = draw + (inside & (draw >= idx))
+        replacement = draw if self._sorted is None else self._sorted[draw]
+        change = rng.random((n, cols.size)) < self.beta
+        out[:, cols] = np.where(change, replacement, out[:, cols])
+        return out
+
+    def attack_spec(self, tokens, attackable):
+        inside = self._index(tokens[attackable]) >= 0
+        return {"kernel": "uniform", "beta": self.beta, "vocab_size": self.vocab_size,
+                "inside": int(inside.sum()), "outside": int((~inside).sum()),
+                "attacker_alphabet": self.attacker_alphabet}
+
+    def describe(self):
+        return {"kernel": "uniform", "beta": self.beta, "vocab_size": self.vocab_size,
+                "restricted_alphabet": self._sorted is not None,
+                "attacker_alphabet": self.attacker_alphabet}
+
+
+@lru_cache(maxsize=1024)
+def _mixed_atoms(beta, vocab, d, n_in, n_out, attacker_any) -> list[Atoms]:
+    """Worst case over how an attacker spreads ``d`` changes over position types."""
+    if n_out == 0 and not attacker_any:
+        return [uniform_atoms(d, beta=beta, vocab_size=vocab)]  # the common case, one option
+    # (clean inside?, attacker writes inside?) -> experiment; each position type offers options.
+    options = {True: [True, False] if attacker_any else [True],
+               False: [True, False] if attacker_any else [True]}
+    kinds = [(c, a) for c in (True, False) for a in options[c]]
+    experiments = {k: uniform_experiment(beta=beta, vocab_size=vocab, clean_in_alphabet=k[0],
+                                         adv_in_alphabet=k[1]) for k in kinds}
+    avail = {True: n_in, False: n_out}
+    out = []
+    for counts in itertools.product(range(d + 1), repeat=len(kinds)):
+        if sum(counts) != d:
+            continue
+        used = {c: sum(n for (cc, _), n in zip(kinds, counts) if cc == c) for c in (True, False)}
+        if used[True] > avail[True] or used[False] > avail[False]:
+            continue
+        out.append(product_atoms([(experiments[k], n) for k, n in zip(kinds, counts) if n]))
+    if not out:
+        raise ValueError(f"d = {d} exceeds the attackable positions ({n_in + n_out})")
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class AbsorbingMask(DiscreteKernel):
+    """Keep a token w.p. ``1 - beta``, else replace it by ``mask_id`` (not a valid token)."""
+
+    beta: float
+    mask_id: int
+
+    def __post_init__(self):
+        object.__setattr__(self, "beta", check_beta(self.beta))
+
+    def sample(self, tokens, noised, n, rng):
+        if (tokens[noised] == self.mask_id).any():
+            raise ValueError(f"tokens must not contain the mask id {self.mask_id}")
+        out = np.repeat(tokens[None, :], n, axis=0)
+        cols = np.flatnonzero(noised)
+        masked = rng.random((n, cols.size)) < self.beta
+        out[:, cols] = np.where(masked, self.mask_id, out[:, cols])
+        return out
+
+    def attack_spec(self, tokens, attackable):
+        return {"kernel": "absorbing", "beta": self.beta, "positions": int(attackable.sum())}
+
+    def describe(self):
+        return {"kernel": "absorbing", "beta": self.beta, "mask_id": self.mask_id}
+
+
+@dataclass(frozen=True, eq=False)
+class CategoricalSubstitution(DiscreteKernel):
+    """Tabular fields: field ``i`` takes values in ``{0, ..., arities[i] - 1}`` and is replaced,
+    w.p. ``beta``, by one of its other categories uniformly."""
+
+    beta: float
+    arities: tuple[int, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "beta", check_beta(self.beta))
+        object.__setattr__(self, "arities",
+                           tuple(check_int("arities", a, minimum=2) for a in self.arities))
+        if not self.arities:
+            raise ValueError("arities must name at least one field")
+
+    def sample(self, tokens, noised, n, rng):
+        ar = np.asarray(self.arities)
+        if tokens.shape[-1] != ar.size:
+            raise ValueError(f"expected {ar.size} categorical fields, got {tokens.shape[-1]}")
+        if ((tokens < 0) | (tokens >= ar)).any():
+            raise ValueError("each categorical field must lie in [0, arity)")
+        out = np.repeat(tokens[None, :], n, axis=0)
+        cols = np.flatnonzero(noised)
+        draw = (rng.random((n, cols.size)) * (ar[cols] - 1)).astype(np.int64)
+        draw = draw + (draw >= tokens[cols])
+        change = rng.random((n, cols.size)) < self.beta
+        out[:, cols] = np.where(change, draw, out[:, cols])
+        return out
+
+    def attack_spec(self, tokens, attackable):
+        return {"kernel": "categorical", "beta": self.beta,
+                "arities": [a for a, m in zip(self.arities, attackable) if m]}
+
+    def describe(self):
+        return {"kernel": "categorical", "beta": self.beta, "arities": list(self.arities)}
+
+
+def attack_atoms(spec: dict, d: int) -> list[Atoms]:
+    """The attacker's options at budget ``d`` for a recorded :meth:`DiscreteKernel.attack_spec`."""
+    d = check_int("d", d, minimum=0)
+    kind = spec["kernel"]
+    if kind == "uniform":
+        if d > spec["inside"] + spec["outside"]:
+            raise ValueError(f"d = {d} exceeds the attackable positions "
+                             f"({spec['inside'] + spec['outside']})")
+        return _mixed_atoms(spec["beta"], spec["vocab_size"], d, spec["inside"], spec["outside"],
+                            spec["attacker_alphabet"] == "any")
+    if kind == "absorbing":
+        if d > spec["positions"]:
+            raise ValueError(f"d = {d} exceeds the attackable positions ({spec['positions']})")
+        return [_absorbing(d, spec["beta"])]
+    if kind == "categorical":
+        return [_categorical(c, spec["beta"]) for c in field_choices(spec["arities"], d)]
+    if kind == "none":
+        if d:
+            raise ValueError("no discrete noise: only d = 0 can be certified")
+        return [_absorbing(0, 0.5)]
+    raise ValueError(f"unknown kernel in attack spec: {kind!r}")
+
+
+@lru_cache(maxsize=4096)
+def _categorical(arities, beta):
+    return categorical_atoms(arities, beta=beta)
+
+
+@lru_cache(maxsize=1024)
+def _absorbing(d, beta):
+    return absorbing_atoms(d, beta=beta)
+
+
+# --------------------------------------------------------------------------- continuous noise
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianNoise:
+    """Isotropic Gaussian noise ``x + sigma * N(0, I)`` on the continuous part.
+
+    Parameters
+    ----------
+    sigma : float > 0
+    clamp : (low, high), optional
+        Clip the noisy input, e.g. ``(0, 1)`` for images. Clipping (like the
+        denoiser) is post-processing of the noisy sample: it is part of the
+        base classifier, so the certificate stays valid.
+    denoiser : callable, optional
+        Applied to each noisy batch after the noise (and the clamp).
+    """
+
+    sigma: float
+    clamp: tuple[float, float] | None = None
+    denoiser: Callable | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigma", float(check_positive("sigma", self.sigma)))
+
+    def sample(self, x, n: int, rng: np.random.Generator):
+        """``n`` noisy copies of ``x`` (numpy array or torch tensor, same type and device)."""
+        if _is_torch(x):
+            import torch
+
+            gen = torch.Generator(device=x.device)
+            gen.manual_seed(int(rng.integers(2**63 - 1)))
+            noisy = torch.randn((n, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+            noisy.mul_(self.sigma).add_(x)  # in place: the draw dominates the engine's own cost
+            if self.clamp is not None:
+                noisy.clamp_(*self.clamp)
+        else:
+            dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+            noisy = rng.standard_normal((n, *x.shape), dtype=dtype)
+            noisy *= self.sigma
+            noisy += x
+            if self.clamp is not None:
+                np.clip(noisy, *self.clamp, out=noisy)
+        return noisy if self.denoiser is None else self.denoiser(noisy)
+
+    def describe(self) -> dict:
+        return {"sigma": self.sigma, "clamp": list(self.clamp) if self.clamp else None,
+                "denoiser": None if self.denoiser is None else repr(self.denoiser)}
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def as_numpy(x) -> np.ndarray:
+    """A numpy view of an array-like or torch tensor (moved to the CPU)."""
+    if _is_torch(x):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def to_like(x: np.ndarray, like):
+    """``x`` as the same kind of array as ``like`` (torch tensor on its device, or numpy)."""
+    if _is_torch(like):
+        import torch
+
+        return torch.as_tensor(x, device=like.device)
+    return x
+
+
+def as_tokens(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A 1-D int64 token array, with clear errors for empty or non-integer input."""
+    arr = as_numpy(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"x_discrete must be a 1-D sequence of token ids, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("x_discrete must not be empty (the discrete part has no token)")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise ValueError(f"x_discrete must hold integer token ids, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)

@@ -1,0 +1,421 @@
+"""The smoothed classifier: sampling, PREDICT and CERTIFY (Cohen et al. 2019, theory.md 7).
+
+A *base classifier* is any callable ``f(tokens, continuous) -> labels`` taking
+a batch of noisy token sequences (``(B, L)`` int) and noisy continuous inputs
+(``(B, *shape)``), and returning ``B`` integer labels. Numpy arrays go in when
+the user passed numpy arrays; torch tensors on the input's device when the
+user passed torch tensors. A label the model could not produce properly is
+``ABSTAIN`` (-1). The model may return it, and an exception raised by the
+model turns its whole batch into abstentions. Abstentions are never skipped:
+they count against the certified label.
+
+CERTIFY, shared-D (the default): noise the whole threat region once, draw
+``n0`` samples to pick the label and ``n`` fresh ones to lower-bound its
+probability. That one bound certifies every budget ``d <= d_max``
+(theory.md 2, "shared-D"), so a frontier costs ``n0 + n`` model calls at
+level ``alpha``. The published loop-over-d protocol (``protocol="per_budget"``)
+re-estimates for each budget, with ``alpha / (d_max + 1)`` each for the same
+joint level, and costs ``n0 + (d_max + 1) n`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from scipy.stats import binomtest
+
+from ._validation import check_int, check_open_unit, check_positive
+from .certificate.frontier import certified_frontier
+from .noise import (
+    DiscreteKernel,
+    GaussianNoise,
+    L0Anywhere,
+    ThreatRegion,
+    as_numpy,
+    as_tokens,
+    attack_atoms,
+    to_like,
+)
+from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
+
+__all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "recompute"]
+
+ABSTAIN = -1
+PROTOCOLS = ("shared", "per_budget")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """The outcome of :meth:`SmoothedClassifier.certify`, with what is needed to recompute it.
+
+    Attributes
+    ----------
+    label : int
+        The certified label (the target label under the threshold rule), or
+        ``ABSTAIN`` when the lower bound does not clear ``tau``.
+    p_lower : float
+        Lower confidence bound on the smoothed probability of ``label``
+        (the smallest over budgets under the per-budget protocol).
+    radii : tuple of float
+        ``radii[d]``: certified L2 radius against at most ``d`` discrete
+        changes; 0.0 where ``d`` is not certified.
+    largest_budget : int
+        Largest ``d`` certified (at radius 0 or more); -1 if none.
+    count, n : tuple of int
+        Samples (out of ``n``) where the base classifier returned ``label``: one
+        entry for shared-D, one per budget for the per-budget protocol.
+    n0 : int
+        Selection samples (0 under the threshold rule, whose label is fixed).
+    abstentions, errors : int
+        Samples the model abstained on, and of those, samples lost to
+        exceptions (with ``first_error``).
+    model_calls : int
+        Noisy samples sent to the base classifier.
+    settings : dict
+        Everything the certificate depends on: alpha, tau, sigma, protocol,
+        the kernel's attack specification per budget, the threat region.
+    """
+
+    label: int
+    p_lower: float
+    radii: tuple[float, ...]
+    largest_budget: int
+    count: tuple[int, ...]
+    n: tuple[int, ...]
+    n0: int
+    abstentions: int
+    errors: int
+    model_calls: int
+    settings: dict = field(compare=False)
+    first_error: str | None = None
+
+    @property
+    def certified(self) -> bool:
+        return self.label != ABSTAIN and self.largest_budget >= 0
+
+    def radius(self, d: int) -> float:
+        """Certified radius against at most ``d`` changes (0.0 beyond ``d_max``)."""
+        return self.radii[d] if 0 <= d < len(self.radii) else 0.0
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (radii as a list, settings included)."""
+        out = asdict(self)
+        out["radii"] = list(self.radii)
+        out["count"], out["n"] = list(self.count), list(self.n)
+        return out
+
+
+class SmoothedClassifier:
+    """Hybrid randomized smoothing of a base classifier (discrete kernel + Gaussian noise).
+
+    Parameters
+    ----------
+    base_classifier : callable
+        ``f(tokens, continuous) -> labels``, see the module docstring.
+    discrete_noise : DiscreteKernel or None
+        Noise on the token ids (``UniformSubstitution``, ``AbsorbingMask``,
+        ``CategoricalSubstitution``); ``None`` for Gaussian-only smoothing
+        (only ``d = 0`` is then certified).
+    sigma : float > 0, or None
+        Gaussian noise level on the continuous part; ``None`` for
+        discrete-only smoothing (radii are then 0 at every certified budget).
+    threat : ThreatRegion, default L0Anywhere()
+        Which positions are noised and attackable.
+    decision : {"majority", "threshold"}
+        ``"majority"``: predict the most probable of ``num_classes`` labels,
+        certified when its lower bound exceeds 1/2 (Cohen's rule).
+        ``"threshold"``: the safety-filter rule, flag ``target_label`` iff its
+        smoothed probability is at least ``tau``.
+    num_classes : int >= 2
+    target_label : int
+        The label the threshold rule certifies (for instance 1 = unsafe).
+    tau : float in (0, 1)
+        Threshold of the threshold rule (the paper uses 4.6e-5).
+    clamp, denoiser
+        Passed to :class:`~hybridcert.noise.GaussianNoise`.
+    batch_size : int
+        Noisy samples per base-classifier call; memory stays bounded by it.
+    random_state : None, int or numpy Generator
+        Seed of the noise (``random_state`` of a call overrides it).
+    """
+
+    def __init__(
+        self,
+        base_classifier: Callable,
+        *,
+        discrete_noise: DiscreteKernel | None,
+        sigma: float | None,
+        threat: ThreatRegion | None = None,
+        decision: str = "majority",
+        num_classes: int = 2,
+        target_label: int = 1,
+        tau: float | None = None,
+        clamp: tuple[float, float] | None = None,
+        denoiser: Callable | None = None,
+        batch_size: int = 256,
+        random_state=None,
+    ):
+        if not callable(base_classifier):
+            raise ValueError("base_classifier must be callable: f(tokens, continuous) -> labels")
+        if decision not in ("majority", "threshold"):
+            raise ValueError("decision must be 'majority' or 'threshold'")
+        if discrete_noise is not None and not isinstance(discrete_noise, DiscreteKernel):
+            raise ValueError("discrete_noise must be a DiscreteKernel or None")
+        self.base_classifier = base_classifier
+        self.discrete_noise = discrete_noise
+        self.sigma = None if sigma is None else float(check_positive("sigma", sigma))
+        self.threat = L0Anywhere() if threat is None else threat
+        self.decision = decision
+        self.num_classes = check_int("num_classes", num_classes, minimum=2)
+        self.target_label = check_int("target_label", target_label, minimum=0)
+        if self.target_label >= self.num_classes:
+            raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
+        if decision == "threshold":
+            self.tau = float(check_open_unit("tau", 0.5 if tau is None else tau))
+        else:
+            if tau is not None and tau != 0.5:
+                raise ValueError("tau applies to decision='threshold'; majority uses 1/2")
+            self.tau = 0.5
+        self.gaussian = None if sigma is None else GaussianNoise(self.sigma, clamp, denoiser)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ public methods
+
+    def predict(self, x_discrete, x_continuous, *, n: int = 1000, alpha: float = 0.001,
+                random_state=None) -> int:
+        """Cohen's PREDICT: the smoothed label, or ``ABSTAIN`` when the test is inconclusive.
+
+        Majority rule: the top label if a two-sided binomial test of the top two
+        counts rejects a tie at level ``alpha``. Threshold rule: the target label
+        if its lower bound reaches ``tau``, the other label if the upper bound is
+        below ``tau``, else ``ABSTAIN``.
+        """
+        n = check_int("n", n, minimum=1)
+        alpha = float(check_open_unit("alpha", alpha))
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        inputs = self._inputs(x_discrete, x_continuous)
+        counts, _, _, _ = self._counts(inputs, self.threat, n, rng)
+        if self.decision == "threshold":
+            k = int(counts[self.target_label])
+            if clopper_pearson_lower(k, n, alpha) >= self.tau:
+                return self.target_label
+            if clopper_pearson_upper(k, n, alpha) < self.tau:
+                return 1 - self.target_label if self.num_classes == 2 else ABSTAIN
+            return ABSTAIN
+        top2 = np.argsort(-counts, kind="stable")[:2]
+        n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        if n_a + n_b == 0 or binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
+            return ABSTAIN
+        return int(top2[0])
+
+    def certify(self, x_discrete, x_continuous, *, n0: int = 100, n: int = 10_000,
+                alpha: float = 0.001, d_max: int | None = None, protocol: str = "shared",
+                random_state=None) -> Certificate:
+        """Cohen's CERTIFY over every budget ``d = 0..d_max`` (see the module docstring).
+
+        Parameters
+        ----------
+        x_discrete : 1-D int array (or torch tensor), or None
+            Token ids of the input (``None``: no discrete part).
+        x_continuous : array or tensor, or None
+            The continuous part (image in [0, 1], numeric features).
+        n0, n : int >= 1
+            Selection and estimation samples (``n0`` is unused by the
+            threshold rule, whose label is fixed).
+        alpha : float in (0, 1)
+            Joint failure probability of every reported claim.
+        d_max : int, optional
+            Largest budget; defaults to ``min(8, attackable positions)``.
+        protocol : {"shared", "per_budget"}
+        """
+        n0 = check_int("n0", n0, minimum=1)
+        n = check_int("n", n, minimum=1)
+        alpha = float(check_open_unit("alpha", alpha))
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        inputs = self._inputs(x_discrete, x_continuous)
+        attackable = self._attackable(inputs, self.threat)
+        if d_max is None:
+            d_max = min(8, attackable)
+        d_max = check_int("d_max", d_max, minimum=0)
+        if d_max > attackable:
+            raise ValueError(f"d_max ({d_max}) exceeds the attackable positions ({attackable}) "
+                             f"of the threat region")
+
+        calls = abstained = errors = 0
+        first_error = None
+
+        def tally(region, size):
+            nonlocal calls, abstained, errors, first_error
+            counts, abst, err, msg = self._counts(inputs, region, size, rng)
+            calls += size
+            abstained += abst
+            errors += err
+            first_error = first_error or msg
+            return counts
+
+        if self.decision == "threshold":
+            label, used_n0 = self.target_label, 0
+        else:
+            label, used_n0 = int(np.argmax(tally(self.threat, n0))), n0
+            label = label if calls - abstained > 0 else ABSTAIN
+
+        if protocol == "shared":
+            regions = [self.threat]
+            level = alpha
+        else:
+            regions = [self.threat.restricted(d) for d in range(d_max + 1)]
+            level = split_alpha(alpha, d_max + 1)
+        counts = [int(tally(region, n)[label]) if label != ABSTAIN else 0 for region in regions]
+        p_lowers = [clopper_pearson_lower(k, n, level) for k in counts]
+        specs = [self._attack_spec(inputs, region) for region in regions]
+        settings = {
+            "decision": self.decision, "tau": self.tau, "alpha": alpha, "level": level,
+            "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
+            "num_classes": self.num_classes, "threat": self.threat.describe(),
+            "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
+            "gaussian": None if self.gaussian is None else self.gaussian.describe(),
+            "attack": specs,
+        }
+        cert = Certificate(label=label, p_lower=min(p_lowers), radii=(), largest_budget=-1,
+                           count=tuple(counts), n=tuple([n] * len(counts)), n0=used_n0,
+                           abstentions=abstained, errors=errors, model_calls=calls,
+                           settings=settings, first_error=first_error)
+        return _with_radii(cert, p_lowers)
+
+    # ------------------------------------------------------------------ internals
+
+    def _inputs(self, x_discrete, x_continuous):
+        if x_discrete is None and self.discrete_noise is not None:
+            raise ValueError("x_discrete is None but discrete_noise is set")
+        if x_continuous is None and self.sigma is not None:
+            raise ValueError("x_continuous is None but sigma is set")
+        tokens = None if x_discrete is None else as_tokens(x_discrete)
+        cont = None
+        if x_continuous is not None:
+            if self.sigma is None:
+                raise ValueError("x_continuous is given but sigma is None (no continuous noise)")
+            values = as_numpy(x_continuous)
+            if not np.issubdtype(values.dtype, np.floating):
+                raise ValueError(f"x_continuous must be a float array, got dtype {values.dtype}")
+            if values.size == 0:
+                raise ValueError("x_continuous must not be empty")
+            if not np.isfinite(values).all():
+                raise ValueError("x_continuous must be finite (no NaN or inf)")
+            cont = x_continuous if not isinstance(x_continuous, list) else values
+        return tokens, x_discrete, cont
+
+    def _attackable(self, inputs, region) -> int:
+        tokens = inputs[0]
+        if tokens is None or self.discrete_noise is None:
+            return 0
+        _, mask = region.apply(tokens)
+        return int(mask.sum())
+
+    def _attack_spec(self, inputs, region) -> dict:
+        tokens = inputs[0]
+        if tokens is None or self.discrete_noise is None:
+            return {"kernel": "none"}
+        seq, mask = region.apply(tokens)
+        return self.discrete_noise.attack_spec(seq, mask)
+
+    def _counts(self, inputs, region, size, rng):
+        """Label counts over ``size`` noisy samples, drawn and classified batch by batch."""
+        tokens, tokens_like, cont = inputs
+        if tokens is not None:
+            seq, mask = region.apply(tokens)
+            if self.discrete_noise is None:
+                mask = np.zeros_like(mask)
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        abstained = errors = 0
+        first_error = None
+        for start in range(0, size, self.batch_size):
+            b = min(self.batch_size, size - start)
+            tok_b = None
+            if tokens is not None:
+                tok_b = seq[None].repeat(b, 0) if self.discrete_noise is None else \
+                    self.discrete_noise.sample(seq, mask, b, rng)
+                tok_b = to_like(tok_b, tokens_like)
+            cont_b = None if cont is None else self.gaussian.sample(cont, b, rng)
+            try:
+                labels = self.base_classifier(tok_b, cont_b)
+            except Exception as err:  # the model failed: count the batch against the label
+                errors += b
+                first_error = first_error or f"{type(err).__name__}: {err}"
+                labels = np.full(b, ABSTAIN)
+            labels = self._check_labels(labels, b)
+            valid = labels >= 0
+            counts += np.bincount(labels[valid], minlength=self.num_classes)
+            abstained += int((~valid).sum())
+        return counts, abstained, errors, first_error
+
+    def _check_labels(self, labels, b) -> np.ndarray:
+        out = as_numpy(labels)
+        if out.shape != (b,):
+            raise ValueError(f"the base classifier returned labels of shape {out.shape} for a "
+                             f"batch of {b}; it must return one integer label per sample")
+        if not np.issubdtype(out.dtype, np.integer):
+            if not (np.issubdtype(out.dtype, np.floating) and np.all(out == np.round(out))):
+                raise ValueError(f"the base classifier must return integer labels, got {out.dtype}")
+            out = out.astype(np.int64)
+        if ((out < ABSTAIN) | (out >= self.num_classes)).any():
+            raise ValueError(f"the base classifier returned a label outside [-1, "
+                             f"{self.num_classes - 1}] (num_classes={self.num_classes})")
+        return out.astype(np.int64, copy=False)
+
+
+def recompute(cert: Certificate, *, alpha: float | None = None,
+              tau: float | None = None) -> Certificate:
+    """The same certificate at another ``alpha`` or ``tau``, from its counts (no model call).
+
+    A new ``tau`` applies to the threshold rule only; the selected label is
+    kept, so this is valid as long as ``alpha`` and ``tau`` are chosen without
+    looking at this example's counts.
+    """
+    settings = dict(cert.settings)
+    if alpha is not None:
+        settings["alpha"] = float(check_open_unit("alpha", alpha))
+        settings["level"] = settings["alpha"] if settings["protocol"] == "shared" else \
+            split_alpha(settings["alpha"], settings["d_max"] + 1)
+    if tau is not None:
+        if settings["decision"] != "threshold":
+            raise ValueError("tau can only be changed for decision='threshold'")
+        settings["tau"] = float(check_open_unit("tau", tau))
+    p_lowers = [clopper_pearson_lower(k, m, settings["level"]) if cert.label != ABSTAIN else 0.0
+                for k, m in zip(cert.count, cert.n)]
+    return _with_radii(replace(cert, settings=settings, p_lower=min(p_lowers)), p_lowers)
+
+
+def _with_radii(cert: Certificate, p_lowers: list[float]) -> Certificate:
+    """Radii and largest budget from the lower bound(s) and the recorded attack specifications.
+
+    Shared-D: one bound certifies every budget. Per-budget: the ``d``-th bound
+    certifies budgets ``0..d`` under the ``d``-th region; the reported radius at
+    ``d`` is the minimum over ``d' <= d`` (an attacker may change fewer).
+    """
+    s = cert.settings
+    d_max = s["d_max"]
+    if cert.label == ABSTAIN:
+        return replace(cert, radii=(0.0,) * (d_max + 1), largest_budget=-1)
+    sigma = 1.0 if s["sigma"] is None else s["sigma"]  # discrete-only: radii are zeroed below
+
+    def frontier(p, spec, top):
+        return certified_frontier(p, sigma=sigma, tau=s["tau"],
+                                  atoms=[attack_atoms(spec, d) for d in range(top + 1)])
+
+    if len(p_lowers) == 1:
+        front = frontier(p_lowers[0], s["attack"][0], d_max)
+        radii = front.radii
+        certified = np.arange(d_max + 1) <= front.largest_budget
+    else:
+        fronts = [frontier(p, spec, d) for d, (p, spec) in enumerate(zip(p_lowers, s["attack"]))]
+        radii = np.minimum.accumulate([f.radii[-1] for f in fronts])
+        certified = np.logical_and.accumulate([f.largest_budget == d for d, f in enumerate(fronts)])
+    largest = int(certified.sum()) - 1
+    radii = np.where(certified, radii, 0.0) if s["sigma"] is not None else np.zeros(d_max + 1)
+    return replace(cert, radii=tuple(float(r) for r in radii), largest_budget=largest,
+                   label=cert.label if largest >= 0 else ABSTAIN)
