@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from . import __version__
 from .certificate.atoms import absorbing_atoms, uniform_atoms
 from .certificate.discrete import discrete_bound
 from .certificate.frontier import categorical_frontier, certified_frontier
+from .datasets import DATASETS
 
 KERNELS = ("uniform", "absorbing", "categorical")
 
@@ -24,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except ValueError as err:
         parser.exit(2, f"hybridcert {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"\nhybridcert {args.command}: interrupted; rerun the same command "
+                         "to resume\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +38,167 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hybridcert {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_certify(commands)
+    _add_report(commands)
     _add_radius(commands)
     return parser
+
+
+def _add_certify(commands) -> None:
+    p = commands.add_parser(
+        "certify",
+        help="certify a data set with hybrid randomized smoothing, then write the report",
+        description=(
+            "Certify every example of a data set's test split against joint discrete and "
+            "continuous perturbations. With no argument: the bundled mm-interaction task, its "
+            "demo model (trained under noise on first use, then cached), the paper's defaults. "
+            "Results go to OUT/results.jsonl row by row; rerunning with the same settings "
+            "resumes where a run stopped."
+        ),
+    )
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="mm-interaction",
+                   help="bundled data set (default: mm-interaction)")
+    p.add_argument("--model", default="demo",
+                   help="'demo' (the bundled model, trained under noise and cached) or "
+                        "'sklearn:PATH' (a pickled fitted scikit-learn classifier for a table)")
+    p.add_argument("--kernel", choices=("uniform", "absorbing"), default="uniform",
+                   help="discrete noise on text tokens (tables always use categorical "
+                        "substitution); default uniform")
+    p.add_argument("--beta", type=float, default=0.25, help="substitution probability (0.25)")
+    p.add_argument("--sigma", type=float, default=0.5, help="Gaussian noise level (0.5)")
+    p.add_argument("--decision", choices=("auto", "threshold", "majority"), default="auto",
+                   help="threshold: flag --target-label iff its probability >= --tau (the paper's "
+                        "safety filter); majority: most probable label. auto: threshold for "
+                        "mm-interaction, majority otherwise")
+    p.add_argument("--tau", type=float, default=0.05,
+                   help="threshold of the threshold rule (default 0.05; the paper's 4.6e-5 suits "
+                        "a near-deterministic guard, while the demo model errs on a few percent "
+                        "of noisy draws and would flag every input)")
+    p.add_argument("--target-label", type=int, default=1,
+                   help="label certified by the threshold rule (default 1 = unsafe)")
+    p.add_argument("--n0", type=int, default=100, help="selection samples per example (100)")
+    p.add_argument("--n", type=int, default=10_000, help="estimation samples per example (10000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (0.001)")
+    p.add_argument("--d-max", type=int, default=None,
+                   help="largest discrete budget (default: min(8, attackable positions))")
+    p.add_argument("--threat", choices=("l0", "suffix", "append"), default="l0",
+                   help="which positions are noised and attackable (default l0: all)")
+    p.add_argument("--threat-size", type=int, default=4,
+                   help="suffix length or number of appended positions (default 4)")
+    p.add_argument("--filler", type=int, default=0, help="token id of appended fillers")
+    p.add_argument("--protocol", choices=("shared", "per_budget"), default="shared",
+                   help="shared-D (one estimate for all budgets) or the published loop over d")
+    p.add_argument("--batch-size", type=int, default=1000, help="samples per model call (1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, model and noise (0)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="certify only the first N test examples (default: all)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
+    p.add_argument("--cache-dir", default=None, help="where demo models are cached")
+    p.add_argument("--no-report", action="store_true", help="do not write the report")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_certify)
+
+
+def _add_report(commands) -> None:
+    p = commands.add_parser(
+        "report",
+        help="write report.md and figures for a run directory",
+        description="Summarise a certification run: certified accuracy at a grid of radii for "
+                    "each budget, mean radius per budget, largest certified budgets, cost; and "
+                    "PNG figures of certified accuracy vs radius and of the (d, r) frontier.",
+    )
+    p.add_argument("run_dir", help="a directory written by `hybridcert certify`")
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"report written to {path}")
+    return 0
+
+
+def _run_certify(args) -> int:
+    from .datasets import load_dataset
+    from .noise import (
+        AbsorbingMask,
+        AppendOnly,
+        CategoricalSubstitution,
+        InPlaceSuffix,
+        L0Anywhere,
+        UniformSubstitution,
+    )
+    from .runner import certify_split
+    from .smoothing import SmoothedClassifier
+
+    data = load_dataset(args.dataset, seed=args.seed)
+    tabular = data.arities is not None
+    decision = args.decision
+    if decision == "auto":
+        decision = "threshold" if args.dataset == "mm-interaction" else "majority"
+    if tabular:
+        kernel = CategoricalSubstitution(beta=args.beta, arities=data.arities)
+        kernel_name = "categorical"
+    elif args.kernel == "uniform":
+        kernel = UniformSubstitution(beta=args.beta, vocab_size=data.vocab_size)
+        kernel_name = "uniform"
+    else:
+        kernel = AbsorbingMask(beta=args.beta, mask_id=data.vocab_size)
+        kernel_name = "absorbing"
+    threat = {"l0": L0Anywhere(), "suffix": InPlaceSuffix(args.threat_size),
+              "append": AppendOnly(args.threat_size, args.filler)}[args.threat]
+    if tabular and args.threat != "l0":
+        raise ValueError("tables use --threat l0 (any field may be changed)")
+    model = _load_model(args, data, tabular)
+    smoothed = SmoothedClassifier(
+        model, discrete_noise=kernel, sigma=args.sigma, threat=threat, decision=decision,
+        num_classes=data.num_classes, target_label=args.target_label,
+        tau=args.tau if decision == "threshold" else None, batch_size=args.batch_size,
+    )
+    settings = {
+        "dataset": args.dataset, "model": args.model, "kernel": kernel_name, "beta": args.beta,
+        "sigma": args.sigma, "decision": decision,
+        "tau": args.tau if decision == "threshold" else 0.5,
+        "target_label": args.target_label if decision == "threshold" else None,
+        "n0": args.n0, "n": args.n, "alpha": args.alpha, "d_max": args.d_max,
+        "threat": args.threat, "threat_size": args.threat_size if args.threat != "l0" else None,
+        "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
+        "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
+    }
+    out = args.out or os.path.join("runs", args.dataset)
+    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                             if v is not None), flush=True)
+    print(f"{min(args.limit or len(data.test), len(data.test))} test examples -> {out}/",
+          flush=True)
+    certify_split(smoothed, data.test, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
+                  d_max=args.d_max, protocol=args.protocol, seed=args.seed, limit=args.limit,
+                  progress=not args.no_progress)
+    if not args.no_report:
+        from .report import write_report
+
+        print(f"report written to {write_report(out)}")
+    return 0
+
+
+def _load_model(args, data, tabular):
+    if args.model == "demo":
+        from .models import demo
+
+        if tabular:
+            return demo.tabular_model(data, sigma=args.sigma, beta=args.beta,
+                                      random_state=args.seed, cache=args.cache_dir)
+        return demo.mm_interaction_model(data, sigma=args.sigma, beta=args.beta,
+                                         random_state=args.seed, cache=args.cache_dir,
+                                         verbose=True)
+    if args.model.startswith("sklearn:"):
+        import pickle
+
+        from .models import SklearnClassifier
+
+        with open(args.model.split(":", 1)[1], "rb") as fh:
+            return SklearnClassifier(pickle.load(fh))
+    raise ValueError(f"--model must be 'demo' or 'sklearn:PATH', got {args.model!r}")
 
 
 def _add_radius(commands) -> None:

@@ -1,0 +1,19 @@
+"""Bundled data sets, built from data that ships inside packages (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from .base import Dataset, Split
+from .mm_interaction import load as load_mm_interaction
+from .tabular import load_adult, load_penguins
+
+DATASETS = {"mm-interaction": load_mm_interaction, "tabular": load_penguins}
+
+__all__ = ["DATASETS", "Dataset", "Split", "load_adult", "load_dataset", "load_mm_interaction",
+           "load_penguins"]
+
+
+def load_dataset(name: str, seed: int = 0) -> Dataset:
+    """A bundled data set by name: ``"mm-interaction"`` (default of the CLI) or ``"tabular"``."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name](seed=seed)

@@ -1,0 +1,166 @@
+"""Demo base models for the bundled data sets, trained under the smoothing noise.
+
+Noise augmentation (Cohen et al. 2019): every training step sees freshly
+noised inputs (token substitution or categorical substitution with ``beta``,
+Gaussian noise with ``sigma``), so the base model is accurate on the noisy
+inputs the smoothed classifier feeds it. Training is seeded
+(``random_state``) and the result is cached on disk (``$HYBRIDCERT_CACHE``
+or ``~/.cache/hybridcert``), keyed by everything that changes it. A second run
+reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets.base import Dataset
+from ..noise import CategoricalSubstitution, GaussianNoise, UniformSubstitution
+from .adapters import SklearnClassifier, TorchClassifier
+
+MODEL_VERSION = 1
+
+
+def cache_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where demo models are cached: ``path``, ``$HYBRIDCERT_CACHE`` or ``~/.cache/hybridcert``."""
+    root = path or os.environ.get("HYBRIDCERT_CACHE") or Path.home() / ".cache" / "hybridcert"
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _key(data: Dataset, **settings) -> str:
+    """Cache key: the code version, the settings, and a digest of the training data itself."""
+    digest = hashlib.sha256()
+    for array in (data.train.x_discrete, data.train.x_continuous, data.train.y):
+        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(str(array.shape).encode())
+    blob = json.dumps({"version": MODEL_VERSION, "data": data.name, "digest": digest.hexdigest(),
+                       **settings}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)  # a crash never leaves a half-written model behind
+
+
+# --------------------------------------------------------------------------- mm-interaction
+
+
+def fusion_net(vocab_size: int, length: int, image_pixels: int):
+    """Token embedding + image encoder, fused by an MLP: ``net(tokens, images) -> 2 logits``."""
+    import torch
+    from torch import nn
+
+    class FusionNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab_size, 16)
+            self.text = nn.Sequential(nn.Flatten(), nn.Linear(length * 16, 64), nn.ReLU())
+            self.image = nn.Sequential(nn.Flatten(), nn.Linear(image_pixels, 128), nn.ReLU(),
+                                       nn.Linear(128, 64), nn.ReLU())
+            self.head = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 2))
+
+        def forward(self, tokens, images):
+            return self.head(torch.cat([self.text(self.embed(tokens)), self.image(images)], 1))
+
+    return FusionNet()
+
+
+def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_state: int = 0,
+                         epochs: int = 150, cache: str | os.PathLike | None = None,
+                         verbose: bool = False) -> TorchClassifier:
+    """The demo fusion network for ``mm-interaction``, trained under noise (cached)."""
+    import torch
+
+    length = data.train.x_discrete.shape[1]
+    pixels = int(np.prod(data.train.x_continuous.shape[1:]))
+    key = _key(data, sigma=sigma, beta=beta, seed=random_state, epochs=epochs,
+               torch=torch.__version__.split("+")[0])
+    path = cache_dir(cache) / f"mm-interaction-{key}.pt"
+    net = fusion_net(data.vocab_size, length, pixels)
+    if path.exists():
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return TorchClassifier(net)
+    if verbose:
+        print(f"training the demo model (cached afterwards in {path}) ...", flush=True)
+    torch.manual_seed(random_state)
+    rng = np.random.default_rng(random_state)
+    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
+    noised = np.ones(length, dtype=bool)
+    tokens, images, labels = data.train.x_discrete, data.train.x_continuous, data.train.y
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    net.train()
+    for _ in range(epochs):
+        noisy_tokens = np.stack([kernel.sample(t, noised, 1, rng)[0] for t in tokens])
+        noisy_images = images + sigma * rng.standard_normal(images.shape).astype(np.float32)
+        for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // 128)):
+            optimiser.zero_grad()
+            logits = net(torch.as_tensor(noisy_tokens[batch]), torch.as_tensor(noisy_images[batch]))
+            loss = loss_fn(logits, torch.as_tensor(labels[batch]))
+            loss.backward()
+            optimiser.step()
+    buffer = _state_bytes(net)
+    _atomic_write(path, buffer)
+    return TorchClassifier(net)
+
+
+def _state_bytes(net) -> bytes:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- tabular
+
+
+def tabular_pipeline(arities, random_state: int = 0):
+    """One-hot encoder for the categorical codes, scaler for the numbers, logistic regression."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    n_cat = len(arities)
+    encode = ColumnTransformer([
+        ("categorical", OneHotEncoder(categories=[list(range(a)) for a in arities],
+                                      handle_unknown="ignore"), list(range(n_cat))),
+        ("numeric", StandardScaler(), slice(n_cat, None)),
+    ])
+    return make_pipeline(encode, LogisticRegression(max_iter=2000, random_state=random_state))
+
+
+def tabular_model(data: Dataset, *, sigma: float, beta: float, random_state: int = 0,
+                  copies: int = 20, cache: str | os.PathLike | None = None) -> SklearnClassifier:
+    """The demo scikit-learn pipeline for a table, fitted on ``copies`` noisy copies (cached)."""
+    key = _key(data, sigma=sigma, beta=beta, seed=random_state, copies=copies,
+               arities=data.arities)
+    path = cache_dir(cache) / f"{data.name}-{key}.pkl"
+    if path.exists():
+        with path.open("rb") as fh:
+            return SklearnClassifier(pickle.load(fh))
+    rng = np.random.default_rng(random_state)
+    kernel = CategoricalSubstitution(beta=beta, arities=data.arities)
+    gauss = GaussianNoise(sigma)
+    noised = np.ones(len(data.arities), dtype=bool)
+    codes, values = data.train.x_discrete, data.train.x_continuous.astype(np.float64)
+    X = np.vstack([np.hstack([kernel.sample(c, noised, copies, rng), gauss.sample(v, copies, rng)])
+                   for c, v in zip(codes, values)])
+    y = np.repeat(data.train.y, copies)
+    pipeline = tabular_pipeline(data.arities, random_state).fit(X, y)
+    _atomic_write(path, pickle.dumps(pipeline))
+    return SklearnClassifier(pipeline)

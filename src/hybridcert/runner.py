@@ -1,0 +1,173 @@
+"""Certify a data set split into ``results.jsonl``, row by row, resumable.
+
+Layout of a run directory:
+
+- ``run.json``: the settings. A rerun with other settings is refused (no
+  mixed files).
+- ``results.jsonl``: one JSON object per example, appended, flushed and
+  fsynced as each example finishes. A rerun keeps finished rows, discards a
+  torn last line left by a crash, and certifies only what is missing.
+
+Every example draws its noise from its own stream,
+``SeedSequence([seed, index])``, where ``index`` is its position in the split.
+A resumed, reordered or distributed run therefore gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .datasets.base import Split
+from .smoothing import ABSTAIN, SmoothedClassifier
+
+RESULTS = "results.jsonl"
+SETTINGS = "run.json"
+# Settings that change results; anything else (progress bars, report options) may differ.
+_IGNORED = {"limit", "report", "out"}
+
+
+class SettingsMismatch(ValueError):
+    """The run directory holds results made with other settings."""
+
+
+def example_seed(seed: int, index: int) -> np.random.SeedSequence:
+    """The noise stream of example ``index`` under run seed ``seed``."""
+    return np.random.SeedSequence([int(seed), int(index)])
+
+
+def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[str, dict]]:
+    """Create or reopen a run directory; return it and the rows already finished (by id).
+
+    Raises :class:`SettingsMismatch` when ``run.json`` records other settings.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recorded_path = out / SETTINGS
+    comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
+    comparable = json.loads(json.dumps(comparable))  # normalise tuples and numpy scalars
+    if recorded_path.exists():
+        recorded = json.loads(recorded_path.read_text())
+        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+        if recorded != comparable:
+            diff = sorted(k for k in set(recorded) | set(comparable)
+                          if recorded.get(k) != comparable.get(k))
+            detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
+            raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
+                                   "use another output directory or the same settings")
+    else:
+        tmp = recorded_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, recorded_path)
+    return out, read_results(out / RESULTS, repair=True)
+
+
+def read_results(path: str | os.PathLike, repair: bool = False) -> dict[str, dict]:
+    """Rows of a ``results.jsonl`` by id. With ``repair``, a torn last line is cut off the file."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    rows: dict[str, dict] = {}
+    good_end = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break  # torn: the writer died mid-line
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        rows.setdefault(row["id"], row)
+        good_end += len(line)
+    if repair and good_end < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(good_end)
+    return rows
+
+
+def certify_split(
+    smoothed: SmoothedClassifier,
+    split: Split,
+    out: str | os.PathLike,
+    settings: dict,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    d_max: int | None,
+    protocol: str = "shared",
+    seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    row_extra: Callable[[int], dict] | None = None,
+) -> Path:
+    """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``."""
+    out, done = prepare_run_dir(out, settings)
+    indices = range(len(split) if limit is None else min(limit, len(split)))
+    todo = [i for i in indices if split.ids[i] not in done]
+    bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
+    with (out / RESULTS).open("a") as fh:
+        for i in todo:
+            start = time.perf_counter()
+            rng = np.random.default_rng(example_seed(seed, i))
+            cert = smoothed.certify(split.x_discrete[i], split.x_continuous[i], n0=n0, n=n,
+                                    alpha=alpha, d_max=d_max, protocol=protocol, random_state=rng)
+            row = result_row(split.ids[i], int(split.y[i]), cert, time.perf_counter() - start)
+            if row_extra is not None:
+                row.update(row_extra(i))
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())  # a finished row survives a crash
+            bar.update(1)
+    bar.close()
+    return out
+
+
+def result_row(example_id: str, true_label: int, cert, seconds: float) -> dict:
+    """One line of ``results.jsonl`` (flat where pandas likes it, settings included)."""
+    radii = list(cert.radii)
+    row = {
+        "id": example_id,
+        "true_label": true_label,
+        "predicted": cert.label,
+        "abstain": cert.label == ABSTAIN,
+        "correct": cert.label == true_label,
+        "p_lower": cert.p_lower,
+        "count": list(cert.count),
+        "n": list(cert.n),
+        "n0": cert.n0,
+        "largest_budget": cert.largest_budget,
+        "radius": radii,
+        **{f"radius_d{d}": r for d, r in enumerate(radii)},
+        "abstentions": cert.abstentions,
+        "errors": cert.errors,
+        "model_calls": cert.model_calls,
+        "seconds": round(seconds, 6),
+        "settings": cert.settings,
+    }
+    if cert.first_error:
+        row["first_error"] = cert.first_error
+    return row
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the demo extra; the library works without it
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, initial=initial, desc="certify", unit="ex", dynamic_ncols=True)
+
+
+class _NoBar:
+    def update(self, k):
+        pass
+
+    def close(self):
+        pass
