@@ -27,13 +27,17 @@ from .certificate.hybrid import (
     worst_case_probability,
     worst_case_probability_upper,
 )
+from .smoothing import Certificate, SmoothedClassifier, recompute
+from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Atoms",
+    "Certificate",
     "Frontier",
     "PositionExperiment",
+    "SmoothedClassifier",
     "__version__",
     "absorbing_atoms",
     "absorbing_experiment",
@@ -41,12 +45,15 @@ __all__ = [
     "categorical_frontier",
     "certified_frontier",
     "certified_radius",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
     "discrete_bound",
     "discrete_bound_upper",
     "field_choices",
     "gaussian_radius",
     "multiclass_radius",
     "product_atoms",
+    "recompute",
     "uniform_atoms",
     "uniform_experiment",
     "worst_case_probability",

@@ -166,12 +166,20 @@ def _run_certify(args) -> int:
         "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
     }
+    split = data.test
+    if type(model).__name__ == "TorchClassifier":
+        import dataclasses
+
+        import torch
+
+        # Tensors in, tensors out: the Gaussian noise is then drawn by torch (3x faster here).
+        split = dataclasses.replace(split, x_continuous=torch.as_tensor(split.x_continuous))
     out = args.out or os.path.join("runs", args.dataset)
     print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
                                              if v is not None), flush=True)
     print(f"{min(args.limit or len(data.test), len(data.test))} test examples -> {out}/",
           flush=True)
-    certify_split(smoothed, data.test, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
+    certify_split(smoothed, split, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
                   d_max=args.d_max, protocol=args.protocol, seed=args.seed, limit=args.limit,
                   progress=not args.no_progress)
     if not args.no_report:

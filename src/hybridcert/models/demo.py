@@ -87,17 +87,29 @@ def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_sta
     key = _key(data, sigma=sigma, beta=beta, seed=random_state, epochs=epochs,
                torch=torch.__version__.split("+")[0])
     path = cache_dir(cache) / f"mm-interaction-{key}.pt"
-    net = fusion_net(data.vocab_size, length, pixels)
     if path.exists():
+        net = fusion_net(data.vocab_size, length, pixels)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return TorchClassifier(net)
     if verbose:
         print(f"training the demo model (cached afterwards in {path}) ...", flush=True)
-    torch.manual_seed(random_state)
-    rng = np.random.default_rng(random_state)
+    with torch.random.fork_rng():  # seeded, without touching the caller's global torch RNG
+        torch.manual_seed(random_state)
+        net = fusion_net(data.vocab_size, length, pixels)
+        _train_fusion(net, data, sigma=sigma, beta=beta, epochs=epochs,
+                      rng=np.random.default_rng(random_state))
+    buffer = _state_bytes(net)
+    _atomic_write(path, buffer)
+    return TorchClassifier(net)
+
+
+def _train_fusion(net, data: Dataset, *, sigma, beta, epochs, rng) -> None:
+    """Adam on cross-entropy, every epoch on freshly noised copies of the training split."""
+    import torch
+
     kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
-    noised = np.ones(length, dtype=bool)
     tokens, images, labels = data.train.x_discrete, data.train.x_continuous, data.train.y
+    noised = np.ones(tokens.shape[1], dtype=bool)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     net.train()
@@ -107,12 +119,9 @@ def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_sta
         for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // 128)):
             optimiser.zero_grad()
             logits = net(torch.as_tensor(noisy_tokens[batch]), torch.as_tensor(noisy_images[batch]))
-            loss = loss_fn(logits, torch.as_tensor(labels[batch]))
-            loss.backward()
+            loss_fn(logits, torch.as_tensor(labels[batch])).backward()
             optimiser.step()
-    buffer = _state_bytes(net)
-    _atomic_write(path, buffer)
-    return TorchClassifier(net)
+    net.eval()
 
 
 def _state_bytes(net) -> bytes:
