@@ -121,6 +121,7 @@ def _run_report(args) -> int:
 
 def _run_certify(args) -> int:
     from .datasets import load_dataset
+    from .models import TorchClassifier
     from .noise import (
         AbsorbingMask,
         AppendOnly,
@@ -150,12 +151,6 @@ def _run_certify(args) -> int:
               "append": AppendOnly(args.threat_size, args.filler)}[args.threat]
     if tabular and args.threat != "l0":
         raise ValueError("tables use --threat l0 (any field may be changed)")
-    model = _load_model(args, data, tabular)
-    smoothed = SmoothedClassifier(
-        model, discrete_noise=kernel, sigma=args.sigma, threat=threat, decision=decision,
-        num_classes=data.num_classes, target_label=args.target_label,
-        tau=args.tau if decision == "threshold" else None, batch_size=args.batch_size,
-    )
     settings = {
         "dataset": args.dataset, "model": args.model, "kernel": kernel_name, "beta": args.beta,
         "sigma": args.sigma, "decision": decision,
@@ -166,8 +161,16 @@ def _run_certify(args) -> int:
         "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
     }
+    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                             if v is not None), flush=True)
+    model = _load_model(args, data, tabular)
+    smoothed = SmoothedClassifier(
+        model, discrete_noise=kernel, sigma=args.sigma, threat=threat, decision=decision,
+        num_classes=data.num_classes, target_label=args.target_label,
+        tau=args.tau if decision == "threshold" else None, batch_size=args.batch_size,
+    )
     split = data.test
-    if type(model).__name__ == "TorchClassifier":
+    if isinstance(model, TorchClassifier):
         import dataclasses
 
         import torch
@@ -175,8 +178,6 @@ def _run_certify(args) -> int:
         # Tensors in, tensors out: the Gaussian noise is then drawn by torch (3x faster here).
         split = dataclasses.replace(split, x_continuous=torch.as_tensor(split.x_continuous))
     out = args.out or os.path.join("runs", args.dataset)
-    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
-                                             if v is not None), flush=True)
     print(f"{min(args.limit or len(data.test), len(data.test))} test examples -> {out}/",
           flush=True)
     certify_split(smoothed, split, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
