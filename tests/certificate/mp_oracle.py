@@ -47,8 +47,8 @@ def uniform_classes(beta, V):
 
 
 @mp.workdps(DPS)
-def uniform_atoms(d, beta, V):
-    """theory.md 2.1 verbatim: p_clean(k) = sum over b - a = k of the multinomial terms."""
+def uniform_atoms_by_k(d, beta, V):
+    """theory.md 2.1 verbatim: ``{k: (p_clean(k), p_adv(k))}``, summing over ``b - a = k``."""
     keep, s, o = uniform_classes(beta, V)[0]
     out = {}
     for a in range(d + 1):
@@ -59,7 +59,11 @@ def uniform_atoms(d, beta, V):
             q = coef * s**a * keep**b * o**c
             pp, qq = out.get(b - a, (0, 0))
             out[b - a] = (pp + p, qq + q)
-    return [(p, q) for p, q in out.values() if p > 0 or q > 0]
+    return out
+
+
+def uniform_atoms(d, beta, V):
+    return [(p, q) for p, q in uniform_atoms_by_k(d, beta, V).values() if p > 0 or q > 0]
 
 
 @mp.workdps(DPS)
@@ -115,8 +119,8 @@ def _adv(lam, a, fin):
     return mp.fsum(q * mp.ncdf((lam - g) / a - a / 2) for p, q, g in fin)
 
 
-def _bisect(f, lo, hi, iters):
-    """Root of increasing ``f`` in ``[lo, hi]``."""
+def _narrow(f, lo, hi, iters):
+    """``iters`` bisection steps on the sign change of increasing ``f``; the final bracket."""
     flo = f(lo)
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -125,20 +129,19 @@ def _bisect(f, lo, hi, iters):
             lo, flo = mid, fm
         else:
             hi = mid
+    return lo, hi
+
+
+def _bisect(f, lo, hi, iters):
+    """Root of increasing ``f`` in ``[lo, hi]``."""
+    lo, hi = _narrow(f, lo, hi, iters)
     return (lo + hi) / 2
 
 
 @mp.workdps(DPS)
 def _root(f, lo, hi):
     """Root of increasing ``f`` on ``[lo, hi]``: a few bisections, then Anderson-Bjorck."""
-    flo = f(lo)
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        fm = f(mid)
-        if (fm < 0) == (flo < 0):
-            lo, flo = mid, fm
-        else:
-            hi = mid
+    lo, hi = _narrow(f, lo, hi, 12)
     try:
         x = mp.findroot(f, (lo, hi), solver="anderson", tol=mp.mpf(10) ** (-DPS + 8))
         if lo <= x <= hi:

@@ -4,6 +4,7 @@ import itertools
 from collections import defaultdict
 from fractions import Fraction
 
+import mp_oracle as O
 import mpmath as mp
 import numpy as np
 import pytest
@@ -133,30 +134,12 @@ def test_restricted_alphabet_experiments_match_enumeration(clean_in, adv_in):
     _check(hc.product_atoms([(exp, 2)]), _as_sorted(groups))
 
 
-def _mp_uniform(d, beta, v):
-    """Exact uniform atoms by k = b - a, at 60 digits."""
-    with mp.workdps(60):
-        beta = mp.mpf(beta)
-        keep, s = 1 - beta, beta / (v - 1)
-        o = beta * (v - 2) / (v - 1)
-        out = {}
-        for a in range(d + 1):
-            for b in range(d + 1 - a):
-                c = d - a - b
-                coef = mp.factorial(d) / (mp.factorial(a) * mp.factorial(b) * mp.factorial(c))
-                p = coef * keep**a * s**b * o**c
-                q = coef * s**a * keep**b * o**c
-                pp, qq = out.get(b - a, (0, 0))
-                out[b - a] = (pp + p, qq + q)
-        return out
-
-
 @pytest.mark.parametrize("d,v,beta", [(64, 10**9, 0.25), (32, 10**9, 0.01), (64, 2, 0.3),
                                       (40, 1000, 0.9), (16, 50, 1.0)])
 def test_atoms_within_their_error_bound_at_high_precision(d, v, beta):
     atoms = hc.uniform_atoms(d, beta=beta, vocab_size=v)
-    exact = _mp_uniform(d, beta, v)
-    with mp.workdps(60):
+    exact = O.uniform_atoms_by_k(d, beta, v)
+    with mp.workdps(50):
         rho = (1 - mp.mpf(beta)) * (v - 1) / mp.mpf(beta) if beta < 1 else None
         worst = 0.0
         for lr, lp, lq in zip(atoms.log_ratio, atoms.log_p_clean, atoms.log_p_adv):
