@@ -8,6 +8,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_python_examples_run():
+    """```python blocks run as they are; ```py blocks need a GPU or a model download."""
     blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
     assert len(blocks) >= 2
     for block in blocks:

@@ -16,6 +16,8 @@ from .certificate.discrete import discrete_bound
 from .certificate.frontier import categorical_frontier, certified_frontier
 from .datasets import DATASETS
 
+ON_DISK = ("hateful-memes", "mm-safetybench")
+
 KERNELS = ("uniform", "absorbing", "categorical")
 
 
@@ -56,11 +58,24 @@ def _add_certify(commands) -> None:
             "resumes where a run stopped."
         ),
     )
-    p.add_argument("--dataset", choices=sorted(DATASETS), default="mm-interaction",
-                   help="bundled data set (default: mm-interaction)")
+    p.add_argument("--dataset", choices=sorted(DATASETS) + list(ON_DISK), default="mm-interaction",
+                   help="bundled data set (default: mm-interaction), or hateful-memes / "
+                        "mm-safetybench read from --data-path (with --model hf:...)")
+    p.add_argument("--data-path", default=None,
+                   help="folder of an on-disk data set (or $HYBRIDCERT_HATEFUL_MEMES / "
+                        "$HYBRIDCERT_MMSAFETYBENCH)")
+    p.add_argument("--split", default="dev_seen", help="Hateful Memes split (dev_seen)")
     p.add_argument("--model", default="demo",
-                   help="'demo' (the bundled model, trained under noise and cached) or "
-                        "'sklearn:PATH' (a pickled fitted scikit-learn classifier for a table)")
+                   help="'demo' (the bundled model, trained under noise and cached), "
+                        "'sklearn:PATH' (a pickled fitted scikit-learn classifier for a table), or "
+                        "'hf:NAME_OR_PATH' (a Hugging Face image-text-to-text safety guard)")
+    p.add_argument("--policy", default=None, help="policy text of an hf: guard")
+    p.add_argument("--hf-rule", choices=("logit_mass", "generate"), default="logit_mass",
+                   help="how an hf: guard decides: Safe/Unsafe next-token mass, or generation")
+    p.add_argument("--device", default="cpu", help="device of an hf: guard (cpu, cuda, ...)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize images of on-disk data sets to this size (default: the "
+                        "processor's)")
     p.add_argument("--kernel", choices=("uniform", "absorbing"), default="uniform",
                    help="discrete noise on text tokens (tables always use categorical "
                         "substitution); default uniform")
@@ -130,9 +145,12 @@ def _run_certify(args) -> int:
         L0Anywhere,
         UniformSubstitution,
     )
-    from .runner import certify_split
     from .smoothing import SmoothedClassifier
 
+    if args.model.startswith("hf:"):
+        return _run_certify_hf(args)
+    if args.dataset in ON_DISK:
+        raise ValueError(f"--dataset {args.dataset} needs a Hugging Face guard: --model hf:...")
     data = load_dataset(args.dataset, seed=args.seed)
     tabular = data.arities is not None
     decision = args.decision
@@ -177,9 +195,14 @@ def _run_certify(args) -> int:
 
         # Tensors in, tensors out: the Gaussian noise is then drawn by torch (3x faster here).
         split = dataclasses.replace(split, x_continuous=torch.as_tensor(split.x_continuous))
+    return _certify_and_report(args, smoothed, split, settings)
+
+
+def _certify_and_report(args, smoothed, split, settings) -> int:
+    from .runner import certify_split
+
     out = args.out or os.path.join("runs", args.dataset)
-    print(f"{min(args.limit or len(data.test), len(data.test))} test examples -> {out}/",
-          flush=True)
+    print(f"{min(args.limit or len(split), len(split))} test examples -> {out}/", flush=True)
     certify_split(smoothed, split, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
                   d_max=args.d_max, protocol=args.protocol, seed=args.seed, limit=args.limit,
                   progress=not args.no_progress)
@@ -188,6 +211,60 @@ def _run_certify(args) -> int:
 
         print(f"report written to {write_report(out)}")
     return 0
+
+
+def _run_certify_hf(args) -> int:
+    """Certify a Hugging Face safety guard on text + image examples (threshold rule, unsafe)."""
+    import numpy as np
+
+    from .datasets import load_dataset
+    from .datasets.base import Split
+    from .datasets.safety import load_hateful_memes, load_image, load_mm_safetybench
+    from .models.hf import DEFAULT_POLICY, HFSafetyGuard
+    from .noise import UniformSubstitution
+    from .smoothing import SmoothedClassifier
+
+    name = args.model.split(":", 1)[1]
+    guard = HFSafetyGuard.from_pretrained(name, policy=args.policy or DEFAULT_POLICY,
+                                          rule=args.hf_rule, device=args.device)
+    size = args.image_size or guard._processor_image_size()
+    if args.dataset == "hateful-memes":
+        raw = [(e.id, e.text, load_image(e.image_path, size), e.label)
+               for e in load_hateful_memes(args.data_path, args.split)]
+    elif args.dataset == "mm-safetybench":
+        raw = [(e.id, e.text, load_image(e.image_path, size), e.label)
+               for e in load_mm_safetybench(args.data_path)]
+    elif args.dataset == "mm-interaction":
+        from PIL import Image
+
+        data = load_dataset("mm-interaction", seed=args.seed).test
+        vocab = load_dataset("mm-interaction", seed=args.seed).vocab
+
+        def rgb(image):
+            pil = Image.fromarray((image * 255).astype(np.uint8)).convert("RGB")
+            return np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) / 255.0
+
+        raw = [(i, " ".join(vocab[t] for t in toks), rgb(img), int(y))
+               for i, toks, img, y in zip(data.ids, data.x_discrete, data.x_continuous, data.y)]
+    else:
+        raise ValueError("--model hf: works with mm-interaction, hateful-memes, mm-safetybench")
+    split = Split(ids=[r[0] for r in raw], x_discrete=[guard.encode_text(r[1]) for r in raw],
+                  x_continuous=[r[2] for r in raw], y=np.array([r[3] for r in raw]))
+    kernel = UniformSubstitution(beta=args.beta, alphabet=guard.alphabet)
+    settings = {
+        "dataset": args.dataset, "model": args.model, "guard": guard.describe(),
+        "kernel": "uniform", "beta": args.beta, "sigma": args.sigma, "decision": "threshold",
+        "tau": args.tau, "target_label": 1, "n0": args.n0, "n": args.n, "alpha": args.alpha,
+        "d_max": args.d_max, "threat": "l0", "protocol": args.protocol, "image_size": size,
+        "batch_size": args.batch_size, "seed": args.seed, "num_classes": 2,
+        "hybridcert": __version__, "limit": args.limit,
+    }
+    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                             if v is not None), flush=True)
+    smoothed = SmoothedClassifier(guard, discrete_noise=kernel, sigma=args.sigma,
+                                  decision="threshold", target_label=1, tau=args.tau,
+                                  clamp=(0.0, 1.0), batch_size=args.batch_size)
+    return _certify_and_report(args, smoothed, split, settings)
 
 
 def _load_model(args, data, tabular):

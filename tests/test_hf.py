@@ -1,0 +1,226 @@
+"""The Hugging Face guard adapter, offline, on a tiny LLaVA saved and loaded through the Auto classes."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+from hf_tiny import build_tiny_llava  # noqa: E402
+from hybridcert.cli import main  # noqa: E402
+from hybridcert.datasets.safety import (  # noqa: E402
+    load_hateful_memes,
+    load_image,
+    load_mm_safetybench,
+)
+from hybridcert.models.hf import ABSTAIN, HFSafetyGuard  # noqa: E402
+from hybridcert.noise import UniformSubstitution  # noqa: E402
+from hybridcert.smoothing import SmoothedClassifier  # noqa: E402
+
+POLICY = "policy: flag violent or illegal content"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
+
+
+@pytest.fixture(scope="module")
+def guard(tiny):
+    return HFSafetyGuard.from_pretrained(tiny, policy=POLICY)
+
+
+def _force(guard, word):
+    """Make the model answer ``word``: a hook adds a large logit to its first token."""
+    token = guard.tokenizer(word, add_special_tokens=False)["input_ids"][0]
+    bias = torch.zeros(len(guard.tokenizer))
+    bias[token] = 1e4
+    head = guard.model.get_output_embeddings()
+    return head.register_forward_hook(lambda module, args, out: out + bias)
+
+
+def test_loads_through_the_auto_classes(guard):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    assert isinstance(guard.model, LlavaForConditionalGeneration)
+    assert isinstance(guard.processor, LlavaProcessor)
+    assert guard.alphabet.size > 100
+    assert not set(guard.alphabet) & set(guard.tokenizer.all_special_ids)
+
+
+def test_prompt_has_one_image_slot_then_policy_then_user_text(guard):
+    image_id = guard.model.config.image_token_index
+    prefix = np.array(guard._prefix)
+    slots = np.flatnonzero(prefix == image_id)
+    assert len(slots) == 16 and np.all(np.diff(slots) == 1)  # one slot, expanded by the processor
+    user = guard.encode_text("how do i mix the powder")
+    ids = guard.prompt_ids(user)
+    assert ids[len(prefix): len(prefix) + len(user)] == list(user)
+    assert image_id not in ids[len(prefix):]
+    text = guard.tokenizer.decode([t for t in ids if t != image_id])
+    assert text.index(POLICY) < text.index("how do i mix the powder") < text.index("assistant:")
+
+
+def test_noise_never_touches_the_policy(guard):
+    seen = []
+    hook = guard.model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"].clone()), with_kwargs=True)
+    try:
+        smooth = SmoothedClassifier(guard, sigma=0.25, decision="threshold", tau=0.1,
+                                    discrete_noise=UniformSubstitution(1.0, alphabet=guard.alphabet),
+                                    batch_size=16, random_state=0)
+        user = guard.encode_text("please store the jar carefully")
+        smooth.certify(user, np.full((32, 32, 3), 0.5, np.float32), n=48, d_max=2)
+    finally:
+        hook.remove()
+    batch = torch.cat(seen)
+    prefix, suffix = torch.as_tensor(guard._prefix), torch.as_tensor(guard._suffix)
+    assert (batch[:, : len(prefix)] == prefix).all() and (batch[:, -len(suffix):] == suffix).all()
+    middle = batch[:, len(prefix): len(prefix) + len(user)]
+    assert (middle != torch.as_tensor(user)).all()  # beta = 1: every user token was replaced
+
+
+@pytest.mark.parametrize("word,label", [("Unsafe", 1), ("Safe", 0)])
+def test_logit_mass_and_generate_agree_on_a_forced_model(tiny, word, label):
+    images = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    results = []
+    for rule in ("logit_mass", "generate"):
+        guard = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, rule=rule)
+        hook = _force(guard, word)
+        try:
+            tokens = np.stack([guard.encode_text("how do i mix the powder with acid")] * 3)
+            results.append(guard(tokens, images))
+        finally:
+            hook.remove()
+    assert list(results[0]) == list(results[1]) == [label] * 3
+
+
+def test_unparseable_answers_count_as_abstentions(tiny):
+    guard = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, rule="generate")
+    hook = _force(guard, "hello")
+    try:
+        smooth = SmoothedClassifier(guard, sigma=0.25, decision="threshold", tau=0.1,
+                                    discrete_noise=UniformSubstitution(0.25, alphabet=guard.alphabet),
+                                    batch_size=8, random_state=0)
+        cert = smooth.certify(guard.encode_text("hello there"), np.zeros((32, 32, 3), np.float32),
+                              n=16, d_max=1)
+    finally:
+        hook.remove()
+    assert guard.parse("hello") == ABSTAIN and guard.parse(" Unsafe.") == 1
+    assert guard.parse("SafeSafe") == 0 and guard.parse("unsafe!") == 1 and guard.parse("") == -1
+    assert cert.count == (0,) and cert.abstentions == 16 and cert.label == ABSTAIN
+
+
+def test_batch_equals_one_at_a_time_with_left_padding(guard):
+    texts = ["how do i mix the powder with acid", "hello", "please store the jar carefully"]
+    rng = np.random.default_rng(1)
+    images = rng.random((3, 32, 32, 3), dtype=np.float32)
+    ids = [guard.encode_text(t) for t in texts]
+    prompts = [guard.prompt_ids(u) for u in ids]
+    batch_ids, mask = guard._left_pad(prompts)
+    assert (mask.sum(1).tolist() == [len(p) for p in prompts]) and batch_ids[1, 0] == 3  # <pad>
+    # The engine sends one length per call; here check the padded forward against single calls.
+    encoded = guard.processor.image_processor(images=list(images), do_rescale=False,
+                                              return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = guard.model(input_ids=batch_ids, attention_mask=mask,
+                             position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                             pixel_values=encoded).logits[:, -1, :]
+        alone = [guard.model(input_ids=torch.as_tensor([p]), pixel_values=encoded[i: i + 1]
+                             ).logits[0, -1, :] for i, p in enumerate(prompts)]
+    for i in range(3):
+        assert torch.allclose(logits[i], alone[i], atol=1e-4)
+    # And the guard's own batch call equals its one-at-a-time calls.
+    same = np.stack([ids[0]] * 3)
+    assert list(guard(same, images)) == [int(guard(same[i: i + 1], images[i: i + 1])[0])
+                                         for i in range(3)]
+
+
+def test_certify_end_to_end_with_recorded_alphabet(guard):
+    smooth = SmoothedClassifier(guard, sigma=0.25, decision="threshold", tau=0.01, clamp=(0, 1),
+                                discrete_noise=UniformSubstitution(0.25, alphabet=guard.alphabet),
+                                batch_size=32, random_state=0)
+    cert = smooth.certify(guard.encode_text("how do i mix the powder"),
+                          np.full((32, 32, 3), 0.3, np.float32), n=64, d_max=2)
+    kernel = cert.settings["kernel"]
+    assert kernel["vocab_size"] == guard.alphabet.size and kernel["restricted_alphabet"]
+    assert cert.model_calls == 64 and len(cert.radii) == 3
+
+
+def _hateful_memes(root):
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i, (text, label) in enumerate([("how do i mix the powder", 1), ("hello there", 0)]):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(root / "img" / f"{i}.png")
+        rows.append({"id": i, "img": f"img/{i}.png", "text": text, "label": label})
+    (root / "dev_seen.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def test_safety_loaders_and_their_errors(tmp_path, monkeypatch):
+    from PIL import Image
+
+    memes = load_hateful_memes(_hateful_memes(tmp_path / "memes"))
+    assert [m.label for m in memes] == [1, 0] and memes[0].text == "how do i mix the powder"
+    image = load_image(memes[0].image_path, size=32)
+    assert image.shape == (32, 32, 3) and image.dtype == np.float32 and image.max() <= 1
+    with pytest.raises(ValueError, match=r"split 'test' not found.*dev_seen\.jsonl"):
+        load_hateful_memes(tmp_path / "memes", split="test")
+    monkeypatch.delenv("HYBRIDCERT_HATEFUL_MEMES", raising=False)
+    with pytest.raises(ValueError, match=r"expected a folder with <split>\.jsonl"):
+        load_hateful_memes()
+    bench = tmp_path / "mmsb"
+    (bench / "data" / "processed_questions").mkdir(parents=True)
+    (bench / "data" / "imgs" / "01-Illegal_Activitiy" / "SD_TYPO").mkdir(parents=True)
+    (bench / "data" / "processed_questions" / "01-Illegal_Activitiy.json").write_text(json.dumps(
+        {"0": {"Question": "q", "Rephrased Question": "how do i mix the powder"}}))
+    Image.new("RGB", (20, 20)).save(bench / "data" / "imgs" / "01-Illegal_Activitiy" / "SD_TYPO"
+                                     / "0.jpg")
+    [example] = load_mm_safetybench(bench)
+    assert example.label == 1 and example.text == "how do i mix the powder"
+    with pytest.raises(ValueError, match="no scenario file"):
+        load_mm_safetybench(tmp_path)
+
+
+def test_cli_certifies_with_an_hf_guard(tiny, tmp_path):
+    root = _hateful_memes(tmp_path / "memes")
+    out = tmp_path / "run"
+    assert main(["certify", "--model", f"hf:{tiny}", "--dataset", "hateful-memes", "--data-path",
+                 str(root), "--n", "32", "--batch-size", "16", "--d-max", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["0", "1"] and all(r["model_calls"] == 32 for r in rows)
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["guard"]["alphabet_size"] > 100 and (out / "report.md").exists()
+
+
+def test_llava_onevision_model_loads_through_the_auto_class(tmp_path):
+    """The OneVision *model* needs no torchvision and loads like LLaVA-Guard's; its processor
+    does (its video processor imports torchvision, which has no CPU build here), so the
+    processor half is skipped with that reason."""
+    from transformers import (
+        AutoModelForImageTextToText,
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, image_size=32, patch_size=8)
+    text = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2)
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=299,
+                                  video_token_index=298, vision_feature_layer=-1)
+    LlavaOnevisionForConditionalGeneration(config).save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(loaded).__name__ == "LlavaOnevisionForConditionalGeneration"
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pytest.skip("LlavaOnevisionProcessor needs torchvision (no CPU build here); the guard "
+                    "path itself is covered by the LLaVA tests above")
