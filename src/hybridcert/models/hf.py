@@ -71,7 +71,9 @@ class HFSafetyGuard:
             raise ValueError("rule must be 'logit_mass' or 'generate'")
         if not policy.strip():
             raise ValueError("policy must not be empty")
-        self.model = model.to(device).eval() if dtype is None else model.to(device, dtype).eval()
+        if getattr(model, "hf_quantizer", None) is None:  # quantised weights are placed at load
+            model = model.to(device) if dtype is None else model.to(device, dtype)
+        self.model = model.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.rule = rule
@@ -111,12 +113,8 @@ class HFSafetyGuard:
             options["device_map"] = device
         processor = AutoProcessor.from_pretrained(name_or_path)
         model = AutoModelForImageTextToText.from_pretrained(name_or_path, **options)
-        if load_in_4bit:  # already placed by device_map; .to() is not allowed on 4-bit weights
-            guard = cls.__new__(cls)
-            model.to = lambda *a, **k: model
-            cls.__init__(guard, model, processor, device=device, **kwargs)
-            return guard
-        return cls(model, processor, device=device, dtype=dtype, **kwargs)
+        return cls(model, processor, device=device, dtype=None if load_in_4bit else dtype,
+                   **kwargs)
 
     # ------------------------------------------------------------------ text and images
 
