@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_certify(commands)
     _add_report(commands)
+    _add_experiment(commands)
     _add_radius(commands)
     return parser
 
@@ -101,6 +102,10 @@ def _add_certify(commands) -> None:
     p.add_argument("--threat-size", type=int, default=4,
                    help="suffix length or number of appended positions (default 4)")
     p.add_argument("--filler", type=int, default=0, help="token id of appended fillers")
+    p.add_argument("--baseline", choices=("none", "image-only", "text-only"), default="none",
+                   help="certify a baseline on the same examples and call budget: image-only "
+                        "(Gaussian only, tokens untouched) or text-only (token noise only); "
+                        "MMCert-style ablation runs in `hybridcert experiment paper`")
     p.add_argument("--protocol", choices=("shared", "per_budget"), default="shared",
                    help="shared-D (one estimate for all budgets) or the published loop over d")
     p.add_argument("--batch-size", type=int, default=1000, help="samples per model call (1000)")
@@ -112,6 +117,38 @@ def _add_certify(commands) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_certify)
+
+
+def _add_experiment(commands) -> None:
+    p = commands.add_parser(
+        "experiment",
+        help="run the paper's comparisons on the bundled demo (tables and figures)",
+        description="Hybrid versus image-only and text-only smoothing, the beta ablation, sigma "
+                    "0.5 versus 1.0, MMCert-style ablation, and the joint attack against the "
+                    "certificate, on the bundled mm-interaction demo. Writes paper.md, "
+                    "paper.json and PNG figures.",
+    )
+    p.add_argument("name", choices=("paper",), help="which experiment (paper)")
+    p.add_argument("--examples", type=int, default=40, help="unsafe test examples (40)")
+    p.add_argument("--n", type=int, default=2000, help="samples per estimate (2000)")
+    p.add_argument("--n0", type=int, default=50, help="selection samples (50)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (0.001)")
+    p.add_argument("--attack-examples", type=int, default=8,
+                   help="examples attacked by the joint attack (8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join("runs", "paper"), help="output directory")
+    p.set_defaults(run=_run_experiment)
+
+
+def _run_experiment(args) -> int:
+    from .experiments import paper_experiment
+
+    path = paper_experiment(args.out, n_examples=args.examples, n=args.n, n0=args.n0,
+                            alpha=args.alpha, attack_examples=args.attack_examples,
+                            seed=args.seed)
+    print(path.read_text())
+    print(f"written to {path}")
+    return 0
 
 
 def _add_report(commands) -> None:
@@ -178,12 +215,15 @@ def _run_certify(args) -> int:
         "threat": args.threat, "threat_size": args.threat_size if args.threat != "l0" else None,
         "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
+        "baseline": args.baseline,
     }
     print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
                                              if v is not None), flush=True)
     model = _load_model(args, data, tabular)
     smoothed = SmoothedClassifier(
-        model, discrete_noise=kernel, sigma=args.sigma, threat=threat, decision=decision,
+        model, discrete_noise=None if args.baseline == "image-only" else kernel,
+        sigma=None if args.baseline == "text-only" else args.sigma, threat=threat,
+        decision=decision,
         num_classes=data.num_classes, target_label=args.target_label,
         tau=args.tau if decision == "threshold" else None, batch_size=args.batch_size,
     )

@@ -120,7 +120,8 @@ class SmoothedClassifier:
         (only ``d = 0`` is then certified).
     sigma : float > 0, or None
         Gaussian noise level on the continuous part; ``None`` for
-        discrete-only smoothing (radii are then 0 at every certified budget).
+        discrete-only smoothing: the continuous part reaches the model
+        unchanged, and radii are 0 at every certified budget.
     threat : ThreatRegion, default L0Anywhere()
         Which positions are noised and attackable.
     decision : {"majority", "threshold"}
@@ -296,9 +297,7 @@ class SmoothedClassifier:
             raise ValueError("x_continuous is None but sigma is set")
         tokens = None if x_discrete is None else as_tokens(x_discrete)
         cont = None
-        if x_continuous is not None:
-            if self.sigma is None:
-                raise ValueError("x_continuous is given but sigma is None (no continuous noise)")
+        if x_continuous is not None:  # with sigma None it reaches the model unchanged
             values = as_numpy(x_continuous)
             if not np.issubdtype(values.dtype, np.floating):
                 raise ValueError(f"x_continuous must be a float array, got dtype {values.dtype}")
@@ -340,7 +339,9 @@ class SmoothedClassifier:
                 tok_b = seq[None].repeat(b, 0) if self.discrete_noise is None else \
                     self.discrete_noise.sample(seq, mask, b, rng)
                 tok_b = to_like(tok_b, tokens_like)
-            cont_b = None if cont is None else self.gaussian.sample(cont, b, rng)
+            cont_b = None if cont is None else (
+                self.gaussian.sample(cont, b, rng) if self.gaussian is not None
+                else _repeat(cont, b))
             try:
                 labels = self.base_classifier(tok_b, cont_b)
             except Exception as err:  # the model failed: count the batch against the label
@@ -366,6 +367,13 @@ class SmoothedClassifier:
             raise ValueError(f"the base classifier returned a label outside [-1, "
                              f"{self.num_classes - 1}] (num_classes={self.num_classes})")
         return out.astype(np.int64, copy=False)
+
+
+def _repeat(x, b: int):
+    """``b`` unchanged copies of the continuous part (text-only smoothing)."""
+    if type(x).__module__.startswith("torch"):
+        return x.unsqueeze(0).expand(b, *x.shape)
+    return np.broadcast_to(x, (b, *np.shape(x)))
 
 
 def recompute(cert: Certificate, *, alpha: float | None = None,

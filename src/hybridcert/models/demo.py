@@ -80,42 +80,66 @@ def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_sta
                          epochs: int = 150, cache: str | os.PathLike | None = None,
                          verbose: bool = False) -> TorchClassifier:
     """The demo fusion network for ``mm-interaction``, trained under noise (cached)."""
+    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
+    noised = np.ones(data.train.x_discrete.shape[1], dtype=bool)
+
+    def augment(tokens, images, rng):
+        noisy = np.stack([kernel.sample(t, noised, 1, rng)[0] for t in tokens])
+        return noisy, images + sigma * rng.standard_normal(images.shape).astype(np.float32)
+
+    return _fusion_model(data, augment, data.vocab_size, f"s{sigma}-b{beta}", random_state,
+                         epochs, cache, verbose)
+
+
+def mm_interaction_ablation_model(data: Dataset, *, k_text: int, k_image: int,
+                                  random_state: int = 0, epochs: int = 150,
+                                  cache: str | os.PathLike | None = None) -> TorchClassifier:
+    """The fusion network trained on MMCert-style ablated inputs (mask id = ``vocab_size``)."""
+    from ..baselines import MMCertSmoother
+
+    ablator = MMCertSmoother(lambda t, x: None, k_text=k_text, k_image=k_image,
+                             mask_id=data.vocab_size)
+
+    def augment(tokens, images, rng):
+        pairs = [ablator.ablate(t, x, 1, rng) for t, x in zip(tokens, images)]
+        return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+    return _fusion_model(data, augment, data.vocab_size + 1, f"ablate-t{k_text}-i{k_image}",
+                         random_state, epochs, cache, False)
+
+
+def _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, verbose):
     import torch
 
     length = data.train.x_discrete.shape[1]
     pixels = int(np.prod(data.train.x_continuous.shape[1:]))
-    key = _key(data, sigma=sigma, beta=beta, seed=random_state, epochs=epochs,
+    key = _key(data, tag=tag, seed=random_state, epochs=epochs, vocab=vocab_size,
                torch=torch.__version__.split("+")[0])
     path = cache_dir(cache) / f"mm-interaction-{key}.pt"
     if path.exists():
-        net = fusion_net(data.vocab_size, length, pixels)
+        net = fusion_net(vocab_size, length, pixels)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return TorchClassifier(net)
     if verbose:
         print(f"training the demo model (cached afterwards in {path}) ...", flush=True)
     with torch.random.fork_rng():  # seeded, without touching the caller's global torch RNG
         torch.manual_seed(random_state)
-        net = fusion_net(data.vocab_size, length, pixels)
-        _train_fusion(net, data, sigma=sigma, beta=beta, epochs=epochs,
-                      rng=np.random.default_rng(random_state))
-    buffer = _state_bytes(net)
-    _atomic_write(path, buffer)
+        net = fusion_net(vocab_size, length, pixels)
+        _train_fusion(net, data, augment, epochs, np.random.default_rng(random_state))
+    _atomic_write(path, _state_bytes(net))
     return TorchClassifier(net)
 
 
-def _train_fusion(net, data: Dataset, *, sigma, beta, epochs, rng) -> None:
-    """Adam on cross-entropy, every epoch on freshly noised copies of the training split."""
+def _train_fusion(net, data: Dataset, augment, epochs, rng) -> None:
+    """Adam on cross-entropy, every epoch on freshly augmented (noised) training inputs."""
     import torch
 
-    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
     tokens, images, labels = data.train.x_discrete, data.train.x_continuous, data.train.y
-    noised = np.ones(tokens.shape[1], dtype=bool)
     optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
     net.train()
     for _ in range(epochs):
-        noisy_tokens = np.stack([kernel.sample(t, noised, 1, rng)[0] for t in tokens])
-        noisy_images = images + sigma * rng.standard_normal(images.shape).astype(np.float32)
+        noisy_tokens, noisy_images = augment(tokens, images, rng)
         for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // 128)):
             optimiser.zero_grad()
             logits = net(torch.as_tensor(noisy_tokens[batch]), torch.as_tensor(noisy_images[batch]))
