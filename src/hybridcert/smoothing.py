@@ -373,7 +373,7 @@ def _repeat(x, b: int):
     """``b`` unchanged copies of the continuous part (text-only smoothing)."""
     if type(x).__module__.startswith("torch"):
         return x.unsqueeze(0).expand(b, *x.shape)
-    return np.broadcast_to(x, (b, *np.shape(x)))
+    return np.repeat(np.asarray(x)[None], b, axis=0)  # a writable copy: models may write to it
 
 
 def recompute(cert: Certificate, *, alpha: float | None = None,
