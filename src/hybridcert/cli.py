@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -110,6 +111,17 @@ def _add_certify(commands) -> None:
                    help="shared-D (one estimate for all budgets) or the published loop over d")
     p.add_argument("--batch-size", type=int, default=1000, help="samples per model call (1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and noise (0)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="run examples here (local) or on Ray actors, one model replica each "
+                        "(needs hybridcert[ray]); the results are the same")
+    p.add_argument("--ray-address", default=None,
+                   help="an existing Ray cluster ('auto', 'ray://host:10001'); default: start a "
+                        "local instance")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors (model replicas), 2")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per actor (1)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (0)")
+    p.add_argument("--max-in-flight", type=int, default=None,
+                   help="examples submitted but unfinished, at most (default 2 x workers)")
     p.add_argument("--limit", type=int, default=None,
                    help="certify only the first N test examples (default: all)")
     p.add_argument("--out", default=None, help="output directory (default: runs/DATASET)")
@@ -172,6 +184,13 @@ def _run_report(args) -> int:
 
 
 def _run_certify(args) -> int:
+    return _certify_and_report(args, *_prepare(args))
+
+
+def _prepare(args, quiet: bool = False):
+    """The smoothed classifier, the split and the settings that ``args`` describe."""
+    if args.model.startswith("hf:"):
+        return _prepare_hf(args, quiet)
     from .datasets import load_dataset
     from .models import TorchClassifier
     from .noise import (
@@ -184,8 +203,6 @@ def _run_certify(args) -> int:
     )
     from .smoothing import SmoothedClassifier
 
-    if args.model.startswith("hf:"):
-        return _run_certify_hf(args)
     if args.dataset in ON_DISK:
         raise ValueError(f"--dataset {args.dataset} needs a Hugging Face guard: --model hf:...")
     data = load_dataset(args.dataset, seed=args.seed)
@@ -217,9 +234,10 @@ def _run_certify(args) -> int:
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
         "baseline": args.baseline,
     }
-    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
-                                             if v is not None), flush=True)
-    model = _load_model(args, data, tabular)
+    if not quiet:
+        print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                                 if v is not None), flush=True)
+    model = _load_model(args, data, tabular, quiet)
     smoothed = SmoothedClassifier(
         model, discrete_noise=None if args.baseline == "image-only" else kernel,
         sigma=None if args.baseline == "text-only" else args.sigma, threat=threat,
@@ -235,7 +253,7 @@ def _run_certify(args) -> int:
 
         # Tensors in, tensors out: the Gaussian noise is then drawn by torch (3x faster here).
         split = dataclasses.replace(split, x_continuous=torch.as_tensor(split.x_continuous))
-    return _certify_and_report(args, smoothed, split, settings)
+    return smoothed, split, settings
 
 
 def _certify_and_report(args, smoothed, split, settings) -> int:
@@ -243,9 +261,21 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
 
     out = args.out or os.path.join("runs", args.dataset)
     print(f"{min(args.limit or len(split), len(split))} test examples -> {out}/", flush=True)
-    certify_split(smoothed, split, out, settings, n0=args.n0, n=args.n, alpha=args.alpha,
-                  d_max=args.d_max, protocol=args.protocol, seed=args.seed, limit=args.limit,
-                  progress=not args.no_progress)
+    common = {"n0": args.n0, "n": args.n, "alpha": args.alpha, "d_max": args.d_max,
+              "protocol": args.protocol, "seed": args.seed, "limit": args.limit,
+              "progress": not args.no_progress}
+    if args.executor == "ray":
+        from .distributed import certify_split_ray
+
+        print(f"executor: ray ({args.ray_address or 'a local instance'}), {args.workers} "
+              f"workers x {args.cpus_per_worker} CPU, {args.gpus_per_worker} GPU", flush=True)
+        certify_split_ray(functools.partial(_rebuild_smoothed, vars(args)), split, out,
+                          settings, address=args.ray_address, workers=args.workers,
+                          cpus_per_worker=args.cpus_per_worker,
+                          gpus_per_worker=args.gpus_per_worker,
+                          max_in_flight=args.max_in_flight, **common)
+    else:
+        certify_split(smoothed, split, out, settings, **common)
     if not args.no_report:
         from .report import write_report
 
@@ -253,7 +283,12 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
     return 0
 
 
-def _run_certify_hf(args) -> int:
+def _rebuild_smoothed(arg_dict: dict):
+    """In a Ray worker: the same smoothed classifier as the driver's (one model replica)."""
+    return _prepare(argparse.Namespace(**arg_dict), quiet=True)[0]
+
+
+def _prepare_hf(args, quiet: bool = False):
     """Certify a Hugging Face safety guard on text + image examples (threshold rule, unsafe)."""
     import numpy as np
 
@@ -299,15 +334,16 @@ def _run_certify_hf(args) -> int:
         "batch_size": args.batch_size, "seed": args.seed, "num_classes": 2,
         "hybridcert": __version__, "limit": args.limit,
     }
-    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
-                                             if v is not None), flush=True)
+    if not quiet:
+        print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                                 if v is not None), flush=True)
     smoothed = SmoothedClassifier(guard, discrete_noise=kernel, sigma=args.sigma,
                                   decision="threshold", target_label=1, tau=args.tau,
                                   clamp=(0.0, 1.0), batch_size=args.batch_size)
-    return _certify_and_report(args, smoothed, split, settings)
+    return smoothed, split, settings
 
 
-def _load_model(args, data, tabular):
+def _load_model(args, data, tabular, quiet=False):
     if args.model == "demo":
         from .models import demo
 
@@ -316,7 +352,7 @@ def _load_model(args, data, tabular):
                                       random_state=args.seed, cache=args.cache_dir)
         return demo.mm_interaction_model(data, sigma=args.sigma, beta=args.beta,
                                          random_state=args.seed, cache=args.cache_dir,
-                                         verbose=True)
+                                         verbose=not quiet)
     if args.model.startswith("sklearn:"):
         import pickle
 

@@ -28,10 +28,15 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
         raise ValueError(f"{run_dir} is not a run directory (no {SETTINGS}); run "
                          "`hybridcert certify --out DIR` first")
     settings = json.loads((run_dir / SETTINGS).read_text())
-    rows = list(read_results(run_dir / RESULTS).values())
+    rows = [r for r in read_results(run_dir / RESULTS).values() if not r.get("failed")]
     if not rows:
         raise ValueError(f"{run_dir / RESULTS} has no finished rows yet")
     return settings, rows
+
+
+def failed_rows(run_dir: str | os.PathLike) -> list[dict]:
+    """Rows of examples whose certification kept failing (with their error)."""
+    return [r for r in read_results(Path(run_dir) / RESULTS).values() if r.get("failed")]
 
 
 def evaluation_pool(rows: list[dict], settings: dict) -> list[dict]:
@@ -121,6 +126,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines += [
         "", "## Cost", "",
         f"- abstentions (no certified label): {abstain} of {n_rows}",
+        f"- examples whose certification failed (left out above): {len(failed_rows(run_dir))}",
         f"- base-model abstentions and errors: {sum(r['abstentions'] for r in rows)} samples, "
         f"{sum(r['errors'] for r in rows)} from exceptions",
         f"- model calls per example: {calls.mean():.0f} (total {calls.sum()})",

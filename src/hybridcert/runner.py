@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,28 +103,57 @@ def certify_split(
     seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
-    row_extra: Callable[[int], dict] | None = None,
+    max_retries: int = 2,
 ) -> Path:
-    """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``."""
+    """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``.
+
+    An example whose certification raises is retried ``max_retries`` times,
+    then written as a failed row with its error; the run goes on.
+    """
     out, done = prepare_run_dir(out, settings)
     indices = range(len(split) if limit is None else min(limit, len(split)))
     todo = [i for i in indices if split.ids[i] not in done]
     bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
+    kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
+              "seed": seed}
     with (out / RESULTS).open("a") as fh:
         for i in todo:
-            start = time.perf_counter()
-            rng = np.random.default_rng(example_seed(seed, i))
-            cert = smoothed.certify(split.x_discrete[i], split.x_continuous[i], n0=n0, n=n,
-                                    alpha=alpha, d_max=d_max, protocol=protocol, random_state=rng)
-            row = result_row(split.ids[i], int(split.y[i]), cert, time.perf_counter() - start)
-            if row_extra is not None:
-                row.update(row_extra(i))
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())  # a finished row survives a crash
+            for attempt in range(max_retries + 1):
+                try:
+                    row = run_one(smoothed, i, split.ids[i], int(split.y[i]), split.x_discrete[i],
+                                  split.x_continuous[i], start=time.perf_counter(), **kwargs)
+                    break
+                except Exception as err:
+                    if attempt == max_retries:
+                        row = failed_row(split.ids[i], int(split.y[i]), settings,
+                                         f"{type(err).__name__}: {err}")
+            write_row(fh, row)
             bar.update(1)
     bar.close()
     return out
+
+
+def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
+            x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, seed,
+            start: float) -> dict:
+    """Certify one example with its own noise stream; the row to write."""
+    rng = np.random.default_rng(example_seed(seed, index))
+    cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
+                            protocol=protocol, random_state=rng)
+    return result_row(example_id, true_label, cert, time.perf_counter() - start)
+
+
+def write_row(fh, row: dict) -> None:
+    """Append one row and make it durable before the next example starts."""
+    fh.write(json.dumps(row) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def failed_row(example_id: str, true_label: int, settings: dict, error: str) -> dict:
+    """The row of an example whose certification kept failing."""
+    return {"id": example_id, "true_label": true_label, "failed": True, "error": error,
+            "predicted": ABSTAIN, "abstain": True, "correct": False, "settings": settings}
 
 
 def result_row(example_id: str, true_label: int, cert, seconds: float) -> dict:

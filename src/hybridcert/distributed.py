@@ -1,0 +1,156 @@
+"""Certify a split across a Ray cluster: one model replica per worker, same results file.
+
+The driver keeps at most ``max_in_flight`` examples in flight over ``workers``
+actors. Each actor builds the smoothed classifier once: with it, the base
+model, loaded on the actor's CPUs or GPU. The driver streams every finished
+row into ``results.jsonl`` under the same rules as the local executor
+(:mod:`hybridcert.runner`): settings guard, torn-line repair, resume, one
+row per example.
+
+Results do not depend on where or in what order examples ran. Each example
+draws its noise from ``SeedSequence([seed, index])``, so a Ray run writes the
+same rows as a local run, up to line order and the timing field.
+
+Faults:
+
+- A worker that dies loses only the examples it held. Ray restarts the actor,
+  and the driver resubmits those examples, to any worker.
+- An example whose certification raises (the engine already turns model
+  exceptions into abstentions, so this means a broken input or adapter) is
+  retried ``max_retries`` times, then written as a failed row with its error.
+  The run continues.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .datasets.base import Split
+from .runner import RESULTS, failed_row, prepare_run_dir, run_one, write_row
+
+__all__ = ["certify_split_ray"]
+
+
+def certify_split_ray(
+    builder: Callable,
+    split: Split,
+    out: str | os.PathLike,
+    settings: dict,
+    *,
+    n0: int,
+    n: int,
+    alpha: float,
+    d_max: int | None,
+    protocol: str = "shared",
+    seed: int = 0,
+    limit: int | None = None,
+    progress: bool = True,
+    address: str | None = None,
+    workers: int = 2,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
+    max_in_flight: int | None = None,
+    max_retries: int = 2,
+) -> Path:
+    """Like :func:`hybridcert.runner.certify_split`, on Ray actors built by ``builder()``.
+
+    Parameters
+    ----------
+    builder : picklable callable
+        Returns the :class:`~hybridcert.smoothing.SmoothedClassifier`; called
+        once in every actor, so each worker holds one model replica.
+    address : str, optional
+        An existing cluster (``"auto"`` or ``"ray://host:10001"``); by default
+        a local Ray instance is started and stopped.
+    workers, cpus_per_worker, gpus_per_worker
+        Actors and the resources each one reserves (a 7B guard: one GPU each).
+    max_in_flight : int, optional
+        Examples submitted but not finished, at most (default ``2 * workers``).
+    max_retries : int
+        Retries of an example whose certification raised, before a failed row.
+    """
+    import ray
+
+    from .runner import _progress
+
+    out, done = prepare_run_dir(out, settings)
+    indices = range(len(split) if limit is None else min(limit, len(split)))
+    todo = [i for i in indices if split.ids[i] not in done]
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = {"include_dashboard": False, "log_to_driver": False,
+                   "logging_level": "ERROR", "ignore_reinit_error": True}
+        if address:
+            ray.init(address=address, **options)
+        else:
+            ray.init(num_cpus=max(1, round(workers * cpus_per_worker)),
+                     num_gpus=round(workers * gpus_per_worker) or None, **options)
+    bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
+    try:
+        actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+                           max_restarts=-1, max_task_retries=0)(_Worker)
+        pool = [actor.remote(builder) for _ in range(workers)]
+        limit_in_flight = max_in_flight or 2 * workers
+        kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
+                  "seed": seed}
+        queue = list(todo)
+        in_flight: dict = {}  # object ref -> (index, failures of certify, worker deaths)
+        attempts = {i: [0, 0] for i in todo}
+        turn = 0
+        with (out / RESULTS).open("a") as fh:
+            while queue or in_flight:
+                while queue and len(in_flight) < limit_in_flight:
+                    i = queue.pop(0)
+                    worker = pool[turn % len(pool)]
+                    turn += 1
+                    ref = worker.certify.remote(i, split.ids[i], int(split.y[i]),
+                                                split.x_discrete[i], split.x_continuous[i],
+                                                kwargs)
+                    in_flight[ref] = i
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                ref = ready[0]
+                i = in_flight.pop(ref)
+                try:
+                    kind, payload = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    attempts[i][1] += 1  # the worker died: retry elsewhere (bounded, not by us)
+                    if attempts[i][1] > 10:
+                        write_row(fh, failed_row(split.ids[i], int(split.y[i]), settings,
+                                                 "the worker died 10 times on this example"))
+                        bar.update(1)
+                    else:
+                        queue.insert(0, i)
+                    continue
+                if kind == "error":
+                    attempts[i][0] += 1
+                    if attempts[i][0] <= max_retries:
+                        queue.insert(0, i)
+                        continue
+                    write_row(fh, failed_row(split.ids[i], int(split.y[i]), settings, payload))
+                else:
+                    write_row(fh, payload)
+                bar.update(1)
+    finally:
+        bar.close()
+        if started_here:
+            ray.shutdown()
+    return out
+
+
+class _Worker:
+    """One model replica: builds the smoothed classifier once, then certifies examples."""
+
+    def __init__(self, builder: Callable):
+        self.smoothed = builder()
+        self.pid = os.getpid()
+
+    def certify(self, index, example_id, label, x_discrete, x_continuous, kwargs):
+        start = time.perf_counter()
+        try:
+            return "row", run_one(self.smoothed, index, example_id, label, x_discrete,
+                                  x_continuous, start=start, **kwargs)
+        except Exception as err:  # reported to the driver, which retries or writes a failed row
+            return "error", f"{type(err).__name__}: {err}"

@@ -1,0 +1,85 @@
+"""The Ray executor: same rows as the local one, a killed worker, a restarted driver, failures."""
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+import ray_helpers  # noqa: E402
+from hybridcert.cli import _prepare, build_parser, main  # noqa: E402
+from hybridcert.distributed import certify_split_ray  # noqa: E402
+from hybridcert.runner import certify_split, read_results  # noqa: E402
+
+ARGV = ["certify", "--n", "600", "--n0", "20", "--no-report", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def local_ray(model_cache):
+    tests_dir = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": tests_dir,
+                                       "HYBRIDCERT_CACHE": str(model_cache)}})
+    yield
+    ray.shutdown()
+
+
+def rows(path):
+    return {k: {f: v for f, v in r.items() if f != "seconds"}
+            for k, r in read_results(Path(path) / "results.jsonl").items()}
+
+
+def args_for(out, limit):
+    return build_parser().parse_args([*ARGV, "--limit", str(limit), "--out", str(out)])
+
+
+def test_ray_rows_equal_local_rows_and_the_driver_resumes(local_ray, tmp_path):
+    assert main([*ARGV, "--limit", "8", "--out", str(tmp_path / "local")]) == 0
+    # A first driver certifies 3 examples and "dies"; a second resumes the same directory.
+    assert main([*ARGV, "--executor", "ray", "--limit", "3", "--out", str(tmp_path / "ray")]) == 0
+    assert len(rows(tmp_path / "ray")) == 3
+    assert main([*ARGV, "--executor", "ray", "--limit", "8", "--out", str(tmp_path / "ray")]) == 0
+    lines = (tmp_path / "ray" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and len({json.loads(x)["id"] for x in lines}) == 8
+    assert rows(tmp_path / "ray") == rows(tmp_path / "local")
+
+
+def test_a_killed_worker_loses_nothing(local_ray, tmp_path):
+    args = args_for(tmp_path / "killed", 6)
+    smoothed, split, settings = _prepare(args, quiet=True)
+    flag = str(tmp_path / "killed-once")
+    builder = functools.partial(ray_helpers.killing_builder, vars(args), flag)
+    certify_split_ray(builder, split, tmp_path / "killed", settings, n0=20, n=600, alpha=0.001,
+                      d_max=None, limit=6, progress=False, workers=2)
+    assert Path(flag).exists()  # a worker really died
+    certify_split(smoothed, split, tmp_path / "clean", settings, n0=20, n=600, alpha=0.001,
+                  d_max=None, limit=6, progress=False)
+    lines = (tmp_path / "killed" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len({json.loads(x)["id"] for x in lines}) == 6
+    assert rows(tmp_path / "killed") == rows(tmp_path / "clean")
+
+
+def test_an_example_that_keeps_failing_becomes_a_failed_row(local_ray, tmp_path):
+    args = args_for(tmp_path / "failing", 4)
+    _, split, settings = _prepare(args, quiet=True)
+    poison = [int(t) for t in split.x_discrete[2]]
+    builder = functools.partial(ray_helpers.failing_builder, vars(args), poison)
+    certify_split_ray(builder, split, tmp_path / "failing", settings, n0=20, n=600, alpha=0.001,
+                      d_max=None, limit=4, progress=False, workers=2, max_retries=2)
+    result = read_results(tmp_path / "failing" / "results.jsonl")
+    assert len(result) == 4
+    failed = [r for r in result.values() if r.get("failed")]
+    assert [r["id"] for r in failed] == [split.ids[2]]
+    assert "adapter failure on this input" in failed[0]["error"]
+
+
+def test_the_local_executor_writes_failed_rows_too(tmp_path):
+    args = args_for(tmp_path / "local-failing", 3)
+    _, split, settings = _prepare(args, quiet=True)
+    smoothed = ray_helpers.failing_builder(vars(args), [int(t) for t in split.x_discrete[1]])
+    certify_split(smoothed, split, tmp_path / "local-failing", settings, n0=20, n=600,
+                  alpha=0.001, d_max=None, limit=3, progress=False, max_retries=1)
+    result = read_results(tmp_path / "local-failing" / "results.jsonl")
+    assert [r.get("failed", False) for r in result.values()] == [False, True, False]
