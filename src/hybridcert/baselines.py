@@ -130,8 +130,10 @@ class MMCertSmoother:
         certified = {}
         for et in e_text:
             for ei in e_image:
-                slack = 1.0 - (ablation_delta(tokens.size, self.k_text, et)
-                               * ablation_delta(image.size, self.k_image, ei))
+                # Round the product down as well: a smaller delta is a larger, safer slack.
+                delta = np.nextafter(ablation_delta(tokens.size, self.k_text, et)
+                                     * ablation_delta(image.size, self.k_image, ei), 0.0)
+                slack = float(np.nextafter(1.0 - delta, 2.0))
                 if self.decision == "threshold":
                     certified[et, ei] = p_lower - slack >= self.tau
                 else:
