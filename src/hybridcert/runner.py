@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -151,7 +152,9 @@ def write_row(fh, row: dict) -> None:
 
 
 def failed_row(example_id: str, true_label: int, settings: dict, error: str) -> dict:
-    """The row of an example whose certification kept failing."""
+    """The row of an example whose certification kept failing (also said on stderr)."""
+    print(f"hybridcert: example {example_id} failed and is recorded as failed: {error}",
+          file=sys.stderr, flush=True)
     return {"id": example_id, "true_label": true_label, "failed": True, "error": error,
             "predicted": ABSTAIN, "abstain": True, "correct": False, "settings": settings}
 
