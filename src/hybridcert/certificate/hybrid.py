@@ -384,8 +384,13 @@ def _bounds_at_radius(prep: Prepared, m_lo, mc_hi, a):
 
 def discrete_certified(prep: Prepared, p, t):
     """Proved ``p > tau`` and ``V(0) >= tau``: the budget holds at radius 0 (theory.md 3)."""
+    return _discrete_check(prep, p, t)[2]
+
+
+def _discrete_check(prep: Prepared, p, t):
+    """Proved bounds on ``V(0)`` and ``1 - V(0)``, and whether the budget holds at radius 0."""
     v0, w0 = knapsack_bounds(prep, p, complement_up(p))
-    return (p > t) & ((v0 >= t) | (w0 <= complement_down(t)))
+    return v0, w0, (p > t) & ((v0 >= t) | (w0 <= complement_down(t)))
 
 
 @_quiet
@@ -393,8 +398,7 @@ def _threshold_radius(prep: Prepared, p, t):
     """Scaled radius ``a`` (proved) for the threshold rule, one row per lower bound."""
     m_lo, mc_hi = p, complement_up(p)
     tc_lo = complement_down(t)
-    v0, w0 = knapsack_bounds(prep, m_lo, mc_hi)
-    certified0 = (p > t) & ((v0 >= t) | (w0 <= tc_lo))
+    v0, w0, certified0 = _discrete_check(prep, p, t)
     out = np.zeros(p.size)
     out[certified0 & (p >= 1.0)] = np.inf  # V(a) = V(0) for all a when p = 1
     rows = np.flatnonzero(certified0 & (p < 1.0) & (p > t))
