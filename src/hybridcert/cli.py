@@ -235,8 +235,7 @@ def _prepare(args, quiet: bool = False):
         "baseline": args.baseline,
     }
     if not quiet:
-        print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
-                                                 if v is not None), flush=True)
+        _announce(settings)
     model = _load_model(args, data, tabular, quiet)
     smoothed = SmoothedClassifier(
         model, discrete_noise=None if args.baseline == "image-only" else kernel,
@@ -281,6 +280,11 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
 
         print(f"report written to {write_report(out)}")
     return 0
+
+
+def _announce(settings: dict) -> None:
+    print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
+                                             if v is not None), flush=True)
 
 
 def _rebuild_smoothed(arg_dict: dict):
@@ -335,8 +339,7 @@ def _prepare_hf(args, quiet: bool = False):
         "hybridcert": __version__, "limit": args.limit,
     }
     if not quiet:
-        print("hybridcert certify:", ", ".join(f"{k}={v}" for k, v in settings.items()
-                                                 if v is not None), flush=True)
+        _announce(settings)
     smoothed = SmoothedClassifier(guard, discrete_noise=kernel, sigma=args.sigma,
                                   decision="threshold", target_label=1, tau=args.tau,
                                   clamp=(0.0, 1.0), batch_size=args.batch_size)

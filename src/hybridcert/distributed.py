@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .datasets.base import Split
-from .runner import RESULTS, failed_row, prepare_run_dir, run_one, write_row
+from .runner import RESULTS, failed_row, open_run, run_one, write_row
 
 __all__ = ["certify_split_ray"]
 
@@ -74,11 +74,7 @@ def certify_split_ray(
     """
     import ray
 
-    from .runner import _progress
-
-    out, done = prepare_run_dir(out, settings)
-    indices = range(len(split) if limit is None else min(limit, len(split)))
-    todo = [i for i in indices if split.ids[i] not in done]
+    out, todo, bar = open_run(split, out, settings, limit, progress)
     started_here = not ray.is_initialized()
     if started_here:
         options = {"include_dashboard": False, "log_to_driver": False,
@@ -88,7 +84,6 @@ def certify_split_ray(
         else:
             ray.init(num_cpus=max(1, round(workers * cpus_per_worker)),
                      num_gpus=round(workers * gpus_per_worker) or None, **options)
-    bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
     try:
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
                            max_restarts=-1, max_task_retries=0)(_Worker)

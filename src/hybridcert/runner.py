@@ -111,10 +111,7 @@ def certify_split(
     An example whose certification raises is retried ``max_retries`` times,
     then written as a failed row with its error; the run goes on.
     """
-    out, done = prepare_run_dir(out, settings)
-    indices = range(len(split) if limit is None else min(limit, len(split)))
-    todo = [i for i in indices if split.ids[i] not in done]
-    bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
+    out, todo, bar = open_run(split, out, settings, limit, progress)
     kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
               "seed": seed}
     with (out / RESULTS).open("a") as fh:
@@ -132,6 +129,15 @@ def certify_split(
             bar.update(1)
     bar.close()
     return out
+
+
+def open_run(split: Split, out, settings: dict, limit: int | None, progress: bool):
+    """Open (or resume) a run directory: the directory, the indices still to do, a progress bar."""
+    out, done = prepare_run_dir(out, settings)
+    indices = range(len(split) if limit is None else min(limit, len(split)))
+    todo = [i for i in indices if split.ids[i] not in done]
+    bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
+    return out, todo, bar
 
 
 def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
