@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import hybridcert as hc
 from hybridcert.baselines import MMCertSmoother, ablation_delta
 from hybridcert.cli import main
 
@@ -75,15 +76,17 @@ class OneToken(torch.nn.Module):
 
 def test_joint_attack_finds_the_obvious_moves_and_respects_the_budget():
     from hybridcert.attacks import JointAttack
+    from hybridcert.models import TorchClassifier
     from hybridcert.noise import UniformSubstitution
 
     kernel = UniformSubstitution(beta=0.05, vocab_size=6)
     tokens = np.array([3, 1, 2, 0])
     image = np.full((4, 4), 0.5, np.float32)
+    smoothed = hc.SmoothedClassifier(TorchClassifier(OneToken()), discrete_noise=kernel, sigma=0.1,
+                                     decision="threshold", tau=0.05, random_state=0)
     for differentiable in (True, False):
-        attack = JointAttack(OneToken(), discrete_noise=kernel, sigma=0.1, target_label=1,
-                             eot_samples=16, pgd_steps=15, differentiable=differentiable,
-                             random_state=0)
+        attack = JointAttack(smoothed, OneToken(), eot_samples=16, pgd_steps=15,
+                             differentiable=differentiable, random_state=0)
         results = {(r.d, r.radius): r for r in attack.run(tokens, image, budgets=[0, 1],
                                                           radii=[0.0, 2.0], n_eval=400)}
         assert results[0, 0.0].p_estimate > 0.9  # clean input: unsafe

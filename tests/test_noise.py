@@ -7,6 +7,7 @@ from scipy.stats import binomtest, chisquare, kstest
 import hybridcert as hc
 from hybridcert.noise import (
     AbsorbingMask,
+    AppendInput,
     AppendOnly,
     CategoricalSubstitution,
     GaussianNoise,
@@ -45,8 +46,10 @@ def test_only_noised_positions_change():
     seq, mask = InPlaceSuffix(2).apply(tokens)
     z = kernel.sample(seq, mask, 500, np.random.default_rng(0))
     assert (z[:, :3] == tokens[:3]).all() and (z[:, 3:] != tokens[3:]).all()
-    seq, mask = AppendOnly(3, filler=7).apply(tokens)
+    seq, mask = AppendOnly(3, filler=7).apply(AppendInput(tokens))
     assert list(seq) == [0, 1, 2, 3, 4, 7, 7, 7] and mask.sum() == 3 and mask[-3:].all()
+    seq, mask = AppendOnly(3, filler=7).apply(AppendInput(tokens, [9]))
+    assert list(seq) == [0, 1, 2, 3, 4, 9, 7, 7] and list(mask) == [False] * 5 + [True] * 3
     assert L0Anywhere().apply(tokens)[1].all()
     with pytest.raises(ValueError, match="suffix length"):
         InPlaceSuffix(9).apply(tokens)
@@ -138,10 +141,10 @@ def test_kernel_validation():
 def test_attack_atoms_follow_the_alphabet_and_attacker():
     tokens = np.array([1, 2, 99])
     mask = np.ones(3, dtype=bool)
-    plain = UniformSubstitution(beta=0.3, alphabet=[1, 2, 3, 4, 5])
+    plain = UniformSubstitution(beta=0.3, alphabet=[1, 2, 3, 4, 5], attacker_alphabet="noise")
     options = plain.attack_atoms(1, tokens, mask)
     assert len(options) == 2  # the attacker may change an inside or the outside symbol
-    strong = UniformSubstitution(beta=0.3, alphabet=[1, 2, 3, 4, 5], attacker_alphabet="any")
+    strong = UniformSubstitution(beta=0.3, alphabet=[1, 2, 3, 4, 5])  # the default: any symbol
     assert len(strong.attack_atoms(1, tokens, mask)) == 4
     # A stronger attacker can only lower the certificate.
     r_plain = min(hc.certified_radius(0.999, sigma=1, atoms=a, tau=0.01) for a in options)

@@ -100,6 +100,9 @@ def test_certificate_matches_the_core_on_its_counts():
         expected = hc.certified_radius(p_lower, sigma=0.5, tau=1e-3,
                                        atoms=hc.uniform_atoms(d, beta=0.1, vocab_size=9))
         assert cert.radii[d] == (expected if d <= cert.largest_budget else 0.0)
+    # vocab_size declares the whole symbol space: there is no symbol outside it to write.
+    assert cert.settings["attack"][0]["attacker_alphabet"] == "any"
+    assert not cert.settings["attack"][0]["restricted_alphabet"]
     again = recompute(cert, alpha=0.01)
     assert again.p_lower > cert.p_lower and again.radii[0] >= cert.radii[0]
     assert recompute(cert, tau=0.5).radii[0] < cert.radii[0]

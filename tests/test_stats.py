@@ -33,7 +33,14 @@ def test_edges_and_monotonicity():
     (lambda: clopper_pearson_lower(1, 0, 0.1), "n must be an integer >= 1"),
     (lambda: clopper_pearson_lower(1, 4, 1.0), r"alpha must lie in the open interval \(0, 1\)"),
     (lambda: clopper_pearson_upper(1.5, 4, 0.1), "successes must be an integer"),
-    (lambda: split_alpha(0.1, 0), "estimates must be >= 1"),
+    (lambda: split_alpha(0.1, 0), "estimates must be an integer >= 1"),
+    (lambda: split_alpha(0.001, 1.5), "estimates must be an integer >= 1"),
+    (lambda: clopper_pearson_lower(1, np.inf, 0.1), r"n must be an integer >= 1 \(finite\)"),
+    (lambda: clopper_pearson_upper(1, np.inf, 0.1), r"n must be an integer >= 1 \(finite\)"),
+    (lambda: clopper_pearson_lower("1", 5, 0.1), "successes must be an integer"),
+    (lambda: clopper_pearson_lower(True, 5, 0.1), "successes must be an integer"),
+    (lambda: clopper_pearson_lower(1, True, 0.1), "n must be an integer"),
+    (lambda: clopper_pearson_lower(1, 5, "0.1"), "alpha must lie in the open interval"),
 ])
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):

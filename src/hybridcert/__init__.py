@@ -27,14 +27,17 @@ from .certificate.hybrid import (
     worst_case_probability,
     worst_case_probability_upper,
 )
-from .smoothing import Certificate, SmoothedClassifier, recompute
+from .noise import AppendInput
+from .smoothing import Certificate, Estimate, SmoothedClassifier, recompute
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AppendInput",
     "Atoms",
     "Certificate",
+    "Estimate",
     "Frontier",
     "PositionExperiment",
     "SmoothedClassifier",

@@ -22,6 +22,19 @@ def as_float_array(name: str, value) -> np.ndarray:
     return arr
 
 
+def as_count_array(name: str, value, *, minimum: int) -> np.ndarray:
+    """Whole numbers (as float64) of at least ``minimum``: no bool, string, NaN or inf."""
+    raw = np.asarray(value)
+    if raw.dtype == bool or raw.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be an integer or an array of integers >= {minimum}, "
+                         f"got {value!r}")
+    arr = raw.astype(float)
+    bad = ~np.isfinite(arr) | (arr != np.round(arr)) | (arr < minimum)
+    if bad.any():
+        raise ValueError(f"{name} must be an integer >= {minimum} (finite), got {_show(arr, bad)}")
+    return arr
+
+
 def check_probability(name: str, value) -> np.ndarray:
     """A probability in the closed interval [0, 1]."""
     arr = as_float_array(name, value)
@@ -77,6 +90,14 @@ def check_int(name: str, value, *, minimum: int) -> int:
     if out < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return out
+
+
+def check_token_id(name: str, value) -> int:
+    """An integer symbol id of any sign (a mask or filler id may lie outside the vocabulary)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or \
+            (not isinstance(value, numbers.Integral) and not float(value).is_integer()):
+        raise ValueError(f"{name} must be an integer token id, got {value!r}")
+    return int(value)
 
 
 def _scalar(name: str, value) -> float:

@@ -14,7 +14,9 @@
   certified iff ``p_lower - (1 - delta) >= tau``; the majority rule iff
   ``p_lower - (1 - delta) > p_upper_runner_up + (1 - delta)``.
   MMCert's threat model counts modified *elements* per modality (L0 on
-  pixels), not an L2 radius.
+  pixels), not an L2 radius. The ablation unit is the unit the certificate
+  counts: a token, and a pixel with all of its channels (``channel_axis``),
+  so an attacker who changes one pixel changes one unit whatever its channels.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_int, check_open_unit
+from ._validation import check_int, check_open_unit, check_token_id
 from .noise import as_numpy, as_tokens
-from .smoothing import ABSTAIN
+from .smoothing import ABSTAIN, count_labels
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 
 __all__ = ["MMCertCertificate", "MMCertSmoother", "ablation_delta"]
@@ -70,38 +72,77 @@ class MMCertSmoother:
         Tokens and pixels kept per sample.
     mask_id : int
         Token id that replaces ablated tokens (outside the vocabulary).
+    channel_axis : int, optional
+        The image's channel axis (``-1`` for HWC, ``0`` for CHW). Required for
+        images of three or more dimensions: a pixel, all of its channels, is
+        the unit that is kept or ablated and that the certificate counts.
+        Without it (2-D images, feature vectors) every value is a pixel.
     decision, tau, num_classes, target_label, batch_size, random_state
         As for :class:`~hybridcert.smoothing.SmoothedClassifier`.
     """
 
     def __init__(self, base_classifier: Callable, *, k_text: int, k_image: int, mask_id: int,
-                 decision: str = "majority", tau: float | None = None, num_classes: int = 2,
-                 target_label: int = 1, batch_size: int = 256, random_state=None):
+                 channel_axis: int | None = None, decision: str = "majority",
+                 tau: float | None = None, num_classes: int = 2, target_label: int = 1,
+                 batch_size: int = 256, random_state=None):
+        if not callable(base_classifier):
+            raise ValueError("base_classifier must be callable: f(tokens, images) -> labels")
         self.base_classifier = base_classifier
         self.k_text = check_int("k_text", k_text, minimum=1)
         self.k_image = check_int("k_image", k_image, minimum=1)
-        self.mask_id = int(mask_id)
+        self.mask_id = check_token_id("mask_id", mask_id)
+        self.channel_axis = None if channel_axis is None else check_token_id("channel_axis",
+                                                                              channel_axis)
         if decision not in ("majority", "threshold"):
             raise ValueError("decision must be 'majority' or 'threshold'")
+        if decision == "majority" and tau is not None and tau != 0.5:
+            raise ValueError("tau applies to decision='threshold'; majority uses 1/2")
         self.decision = decision
         self.tau = float(check_open_unit("tau", 0.5 if tau is None else tau))
-        self.num_classes = num_classes
-        self.target_label = target_label
+        self.num_classes = check_int("num_classes", num_classes, minimum=2)
+        self.target_label = check_int("target_label", target_label, minimum=0)
+        if self.target_label >= self.num_classes:
+            raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.random_state = random_state
 
+    def _pixels(self, image: np.ndarray) -> np.ndarray:
+        """The image as ``(pixels, channels)``: the ablation unit is a row."""
+        if self.channel_axis is None:
+            if image.ndim >= 3:
+                raise ValueError(f"x_continuous has shape {image.shape}: pass channel_axis (-1 for "
+                                 "HWC, 0 for CHW) so that a pixel, with all its channels, is the "
+                                 "ablation unit the certificate counts")
+            return image.reshape(-1, 1)
+        if not -image.ndim <= self.channel_axis < image.ndim:
+            raise ValueError(f"channel_axis must lie in [-{image.ndim}, {image.ndim}) for an image "
+                             f"of shape {image.shape}, got {self.channel_axis}")
+        moved = np.moveaxis(image, self.channel_axis, -1)
+        return moved.reshape(-1, moved.shape[-1])
+
+    def _unpixels(self, pixels: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`_pixels` for a batch ``(b, pixels, channels)``."""
+        b = pixels.shape[0]
+        if self.channel_axis is None:
+            return pixels.reshape((b, *image.shape))
+        moved = np.moveaxis(image, self.channel_axis, -1)
+        return np.moveaxis(pixels.reshape((b, *moved.shape)), -1,
+                           self.channel_axis % image.ndim + 1)
+
     def ablate(self, tokens: np.ndarray, image: np.ndarray, b: int, rng: np.random.Generator):
         """``b`` sub-sampled copies: ``k_text`` tokens and ``k_image`` pixels kept, rest ablated."""
-        n_t, n_i = tokens.size, image.size
+        pixels = self._pixels(image)
+        n_t, n_i = tokens.size, pixels.shape[0]
         if self.k_text > n_t or self.k_image > n_i:
-            raise ValueError(f"k_text <= {n_t} and k_image <= {n_i} are needed for this input")
+            raise ValueError(f"k_text <= {n_t} and k_image <= {n_i} (pixels) are needed for this "
+                             "input")
         keep_t = np.argsort(rng.random((b, n_t)), axis=1)[:, : self.k_text]
         keep_i = np.argsort(rng.random((b, n_i)), axis=1)[:, : self.k_image]
         toks = np.full((b, n_t), self.mask_id, dtype=np.int64)
         np.put_along_axis(toks, keep_t, tokens[keep_t], axis=1)
-        flat = np.zeros((b, n_i), dtype=np.float32)
-        np.put_along_axis(flat, keep_i, image.reshape(-1)[keep_i], axis=1)
-        return toks, flat.reshape((b, *image.shape))
+        kept = np.zeros((b, *pixels.shape), dtype=np.float32)
+        np.put_along_axis(kept, keep_i[..., None], pixels[keep_i], axis=1)
+        return toks, self._unpixels(kept, image)
 
     def certify(self, x_discrete, x_continuous, *, n0: int = 100, n: int = 10_000,
                 alpha: float = 0.001, e_text: list[int] | None = None,
@@ -109,6 +150,9 @@ class MMCertSmoother:
         """Certify every pair in ``e_text x e_image`` (element counts modified per modality)."""
         tokens = as_tokens(x_discrete)
         image = as_numpy(x_continuous).astype(np.float32)
+        if image.size == 0 or not np.isfinite(image).all():
+            raise ValueError("x_continuous must be a non-empty, finite array (no NaN or inf)")
+        n_pixels = self._pixels(image).shape[0]
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         e_text = list(range(tokens.size + 1)) if e_text is None else list(e_text)
         e_image = [0, 1, 2, 5, 10, 20, 50] if e_image is None else list(e_image)
@@ -132,12 +176,14 @@ class MMCertSmoother:
             for ei in e_image:
                 # Round the product down as well: a smaller delta is a larger, safer slack.
                 delta = np.nextafter(ablation_delta(tokens.size, self.k_text, et)
-                                     * ablation_delta(image.size, self.k_image, ei), 0.0)
+                                     * ablation_delta(n_pixels, self.k_image, ei), 0.0)
                 slack = float(np.nextafter(1.0 - delta, 2.0))
+                # Differences rounded towards the safe side too.
+                worst = float(np.nextafter(p_lower - slack, -np.inf))
                 if self.decision == "threshold":
-                    certified[et, ei] = p_lower - slack >= self.tau
+                    certified[et, ei] = worst >= self.tau
                 else:
-                    certified[et, ei] = p_lower - slack > runner + slack
+                    certified[et, ei] = worst > float(np.nextafter(runner + slack, np.inf))
         largest_text = max([et for et in e_text if certified[et, 0]] or [-1]) \
             if 0 in e_image else -1
         largest_image = max([ei for ei in e_image if certified[0, ei]] or [-1]) \
@@ -148,11 +194,5 @@ class MMCertSmoother:
                                  calls)
 
     def _counts(self, tokens, image, size, rng) -> np.ndarray:
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        for start in range(0, size, self.batch_size):
-            b = min(self.batch_size, size - start)
-            toks, imgs = self.ablate(tokens, image, b, rng)
-            labels = as_numpy(self.base_classifier(toks, imgs)).astype(np.int64)
-            valid = labels >= 0
-            counts += np.bincount(labels[valid], minlength=self.num_classes)
-        return counts
+        return count_labels(self.base_classifier, lambda b: self.ablate(tokens, image, b, rng), size,
+                            batch_size=self.batch_size, num_classes=self.num_classes).counts

@@ -103,6 +103,10 @@ def _add_certify(commands) -> None:
     p.add_argument("--threat-size", type=int, default=4,
                    help="suffix length or number of appended positions (default 4)")
     p.add_argument("--filler", type=int, default=0, help="token id of appended fillers")
+    p.add_argument("--attacker-alphabet", choices=("any", "noise"), default="any",
+                   help="symbols the attacker may write beside a restricted noise alphabet: any "
+                        "(default, safe) or only those of the noise alphabet (an assumption "
+                        "about the tokenizer and the input channel, recorded in the results)")
     p.add_argument("--baseline", choices=("none", "image-only", "text-only"), default="none",
                    help="certify a baseline on the same examples and call budget: image-only "
                         "(Gaussian only, tokens untouched) or text-only (token noise only); "
@@ -195,7 +199,6 @@ def _prepare(args, quiet: bool = False):
     from .models import TorchClassifier
     from .noise import (
         AbsorbingMask,
-        AppendOnly,
         CategoricalSubstitution,
         InPlaceSuffix,
         L0Anywhere,
@@ -205,6 +208,11 @@ def _prepare(args, quiet: bool = False):
 
     if args.dataset in ON_DISK:
         raise ValueError(f"--dataset {args.dataset} needs a Hugging Face guard: --model hf:...")
+    if args.threat == "append":
+        raise ValueError("--threat append needs a model that reads a trusted part followed by an "
+                         f"untrusted slot of --threat-size symbols; the {args.model} model reads "
+                         "the data set's fixed-length inputs. Certify such a model from Python "
+                         "with threat=AppendOnly(m, filler) and hybridcert.AppendInput(trusted)")
     data = load_dataset(args.dataset, seed=args.seed)
     tabular = data.arities is not None
     decision = args.decision
@@ -214,13 +222,13 @@ def _prepare(args, quiet: bool = False):
         kernel = CategoricalSubstitution(beta=args.beta, arities=data.arities)
         kernel_name = "categorical"
     elif args.kernel == "uniform":
-        kernel = UniformSubstitution(beta=args.beta, vocab_size=data.vocab_size)
+        kernel = UniformSubstitution(beta=args.beta, vocab_size=data.vocab_size,
+                                     attacker_alphabet=args.attacker_alphabet)
         kernel_name = "uniform"
     else:
         kernel = AbsorbingMask(beta=args.beta, mask_id=data.vocab_size)
         kernel_name = "absorbing"
-    threat = {"l0": L0Anywhere(), "suffix": InPlaceSuffix(args.threat_size),
-              "append": AppendOnly(args.threat_size, args.filler)}[args.threat]
+    threat = {"l0": L0Anywhere(), "suffix": InPlaceSuffix(args.threat_size)}[args.threat]
     if tabular and args.threat != "l0":
         raise ValueError("tables use --threat l0 (any field may be changed)")
     settings = {
@@ -230,6 +238,8 @@ def _prepare(args, quiet: bool = False):
         "target_label": args.target_label if decision == "threshold" else None,
         "n0": args.n0, "n": args.n, "alpha": args.alpha, "d_max": args.d_max,
         "threat": args.threat, "threat_size": args.threat_size if args.threat != "l0" else None,
+        "filler": args.filler if args.threat == "append" else None,
+        "attacker_alphabet": args.attacker_alphabet if kernel_name == "uniform" else None,
         "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
         "baseline": args.baseline,
@@ -303,6 +313,9 @@ def _prepare_hf(args, quiet: bool = False):
     from .noise import UniformSubstitution
     from .smoothing import SmoothedClassifier
 
+    if args.threat != "l0":
+        raise ValueError("--model hf: certifies --threat l0 (any token of the user text); "
+                         "other threat regions need the Python API")
     name = args.model.split(":", 1)[1]
     guard = HFSafetyGuard.from_pretrained(name, policy=args.policy or DEFAULT_POLICY,
                                           rule=args.hf_rule, device=args.device)
@@ -329,10 +342,12 @@ def _prepare_hf(args, quiet: bool = False):
         raise ValueError("--model hf: works with mm-interaction, hateful-memes, mm-safetybench")
     split = Split(ids=[r[0] for r in raw], x_discrete=[guard.encode_text(r[1]) for r in raw],
                   x_continuous=[r[2] for r in raw], y=np.array([r[3] for r in raw]))
-    kernel = UniformSubstitution(beta=args.beta, alphabet=guard.alphabet)
+    kernel = UniformSubstitution(beta=args.beta, alphabet=guard.alphabet,
+                                 attacker_alphabet=args.attacker_alphabet)
     settings = {
         "dataset": args.dataset, "model": args.model, "guard": guard.describe(),
-        "kernel": "uniform", "beta": args.beta, "sigma": args.sigma, "decision": "threshold",
+        "kernel": "uniform", "attacker_alphabet": args.attacker_alphabet, "beta": args.beta,
+        "sigma": args.sigma, "decision": "threshold",
         "tau": args.tau, "target_label": 1, "n0": args.n0, "n": args.n, "alpha": args.alpha,
         "d_max": args.d_max, "threat": "l0", "protocol": args.protocol, "image_size": size,
         "batch_size": args.batch_size, "seed": args.seed, "num_classes": 2,

@@ -141,8 +141,7 @@ def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0
 
     # 5. the joint attack against the hybrid certificate.
     say("joint attack", flush=True)
-    attack = JointAttack(model.module, discrete_noise=kernel(0.25), sigma=0.5, target_label=1,
-                         random_state=seed)
+    attack = JointAttack(methods["hybrid"], model.module, random_state=seed)
     radii = [0.0, 0.5, 1.0, 1.5]
     results["attack"] = []
     for k in range(min(attack_examples, len(tokens))):

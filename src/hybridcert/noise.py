@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
 
-from ._validation import check_beta, check_int, check_positive
+from ._validation import check_beta, check_int, check_positive, check_token_id
 from .certificate.atoms import (
     Atoms,
     absorbing_atoms,
@@ -35,6 +35,7 @@ from .certificate.atoms import (
 
 __all__ = [
     "AbsorbingMask",
+    "AppendInput",
     "AppendOnly",
     "CategoricalSubstitution",
     "DiscreteKernel",
@@ -50,39 +51,100 @@ __all__ = [
 # --------------------------------------------------------------------------- threat regions
 
 
+@dataclass(frozen=True, eq=False)
+class AppendInput:
+    """A discrete input with an explicit untrusted slot, for the :class:`AppendOnly` threat.
+
+    The smoothed classifier sees ``trusted + noise(appended + [filler] * (m - len(appended)))``:
+    the slot is always padded to ``m`` symbols and noised, so the clean input
+    ``AppendInput(u)`` and an attacked one ``AppendInput(u, a)`` reach the same
+    function in the same form (theory.md 2). A deployment must keep this
+    separation: a guard that receives one flat string cannot tell where ``u``
+    ends, and the certificate does not apply to it.
+
+    Parameters
+    ----------
+    trusted : 1-D sequence of int
+        The part the attacker cannot change (a prompt template, the user's
+        request); may be empty.
+    appended : 1-D sequence of int, default empty
+        What was appended to it (by the attacker), at most ``m`` symbols.
+    """
+
+    trusted: np.ndarray
+    appended: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def __post_init__(self):
+        object.__setattr__(self, "trusted", as_tokens(self.trusted, "trusted", allow_empty=True))
+        object.__setattr__(self, "appended", as_tokens(self.appended, "appended", allow_empty=True))
+
+
 class ThreatRegion(ABC):
-    """Which positions are noised, and which the attacker may change (the same ones)."""
+    """Which positions are noised, and which the attacker may change (the same ones).
+
+    A threat region is part of the smoothed classifier's definition: it turns
+    the discrete input the user passes (clean or attacked, in the same form)
+    into the sequence the model sees and the mask of noised positions.
+    """
 
     @abstractmethod
-    def apply(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(sequence to noise, boolean mask of the noised/attackable positions)``."""
+    def apply(self, x_discrete) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(model-facing sequence, boolean mask of the noised/attackable positions)``."""
 
-    def restricted(self, d: int) -> ThreatRegion:
-        """The region the loop-over-d protocol noises for budget ``d`` (default: unchanged)."""
-        return self
+    def discrete_distance(self, x_discrete, x_attacked) -> int:
+        """The discrete budget ``d`` that ``x_attacked`` uses against ``x_discrete``.
+
+        Raises ``ValueError`` when ``x_attacked`` lies outside the threat region
+        (another length, a change outside the attackable positions), so a
+        certificate at budget ``d`` covers exactly the inputs with
+        ``discrete_distance <= d``.
+        """
+        seq, mask = self.apply(x_discrete)
+        adv, adv_mask = self.apply(x_attacked)
+        if adv.shape != seq.shape or not np.array_equal(mask, adv_mask):
+            raise ValueError("x_attacked does not have the shape of x_discrete under this threat "
+                             f"region ({adv.shape} vs {seq.shape})")
+        changed = seq != adv
+        if (changed & ~mask).any():
+            raise ValueError("x_attacked changes positions outside the threat region: "
+                             f"{np.flatnonzero(changed & ~mask).tolist()}")
+        return int(changed.sum())
 
     def describe(self) -> dict:
         return {"region": type(self).__name__}
+
+
+def _plain_tokens(region, x_discrete) -> np.ndarray:
+    if isinstance(x_discrete, AppendInput):
+        raise TypeError(f"{type(region).__name__} takes a plain token sequence; AppendInput is "
+                        "for the AppendOnly threat")
+    return as_tokens(x_discrete)
 
 
 @dataclass(frozen=True)
 class L0Anywhere(ThreatRegion):
     """Every position is noised; the attacker changes at most ``d`` of them anywhere."""
 
-    def apply(self, tokens):
+    def apply(self, x_discrete):
+        tokens = _plain_tokens(self, x_discrete)
         return tokens, np.ones(tokens.shape[-1], dtype=bool)
 
 
 @dataclass(frozen=True)
 class InPlaceSuffix(ThreatRegion):
-    """The last ``length`` positions are noised; the attacker changes positions inside them."""
+    """The last ``length`` positions are noised; the attacker changes positions inside them.
+
+    The smoothed classifier noises the last ``length`` positions of whatever
+    it receives, so an attacked input has the same length as the clean one.
+    """
 
     length: int
 
     def __post_init__(self):
         check_int("length", self.length, minimum=1)
 
-    def apply(self, tokens):
+    def apply(self, x_discrete):
+        tokens = _plain_tokens(self, x_discrete)
         if self.length > tokens.shape[-1]:
             raise ValueError(f"the suffix length ({self.length}) exceeds the sequence length "
                              f"({tokens.shape[-1]})")
@@ -90,31 +152,40 @@ class InPlaceSuffix(ThreatRegion):
         mask[-self.length:] = True
         return tokens, mask
 
-    def restricted(self, d):
-        return InPlaceSuffix(max(d, 1))
-
     def describe(self):
         return {"region": "InPlaceSuffix", "length": self.length}
 
 
 @dataclass(frozen=True)
 class AppendOnly(ThreatRegion):
-    """``max_append`` filler symbols are appended and noised; appended attacker symbols
-    overwrite the first fillers."""
+    """An untrusted slot of ``max_append`` symbols after a trusted part, padded with ``filler``.
+
+    The discrete input must be an :class:`AppendInput`. The model sees
+    ``trusted + noise(appended + [filler] * (max_append - len(appended)))``, so
+    appending ``d`` symbols overwrites the first ``d`` fillers of the noised
+    slot; an attacker with budget ``d`` may rewrite any ``d`` slot positions.
+    """
 
     max_append: int
     filler: int
 
     def __post_init__(self):
         check_int("max_append", self.max_append, minimum=1)
+        object.__setattr__(self, "filler", check_token_id("filler", self.filler))
 
-    def apply(self, tokens):
-        pads = np.full(self.max_append, self.filler, dtype=tokens.dtype)
-        mask = np.r_[np.zeros(tokens.shape[-1], dtype=bool), np.ones(self.max_append, dtype=bool)]
-        return np.concatenate([tokens, pads]), mask
-
-    def restricted(self, d):
-        return AppendOnly(max(d, 1), self.filler)
+    def apply(self, x_discrete):
+        if not isinstance(x_discrete, AppendInput):
+            raise TypeError("with the AppendOnly threat, pass the discrete input as "
+                            "hybridcert.AppendInput(trusted, appended): the smoothed classifier "
+                            "must know where the untrusted slot starts")
+        u, a = x_discrete.trusted, x_discrete.appended
+        if a.size > self.max_append:
+            raise ValueError(f"appended has {a.size} symbols; the slot holds at most "
+                             f"max_append = {self.max_append}")
+        slot = np.full(self.max_append, self.filler, dtype=np.int64)
+        slot[:a.size] = a
+        mask = np.r_[np.zeros(u.size, dtype=bool), np.ones(self.max_append, dtype=bool)]
+        return np.concatenate([u, slot]), mask
 
     def describe(self):
         return {"region": "AppendOnly", "max_append": self.max_append, "filler": self.filler}
@@ -160,22 +231,28 @@ class UniformSubstitution(DiscreteKernel):
     ----------
     beta : float in (0, 1]
     vocab_size : int, optional
-        Alphabet ``{0, ..., vocab_size - 1}``.
+        Alphabet ``{0, ..., vocab_size - 1}``, declared the whole symbol space:
+        noised positions must hold ids in it, and no attacker can write
+        outside it. If the model accepts more symbols than the noise draws
+        from, pass ``alphabet=`` instead.
     alphabet : array_like of int, optional
         An explicit (restricted) alphabet of token ids, for instance the
         printable tokens of a tokenizer. A clean token outside it is replaced
         uniformly over the whole alphabet (theory.md 2.3).
-    attacker_alphabet : {"noise", "any"}
-        Whether the attacker writes only symbols of the noise alphabet
-        (``"noise"``, the default) or any symbol (``"any"``, a stronger
-        attacker: a symbol the noise can never produce reveals itself). The
-        certificate takes the worst case over what the attacker can induce.
+    attacker_alphabet : {"any", "noise"}, default "any"
+        Which symbols the attacker may write. ``"any"`` (the safe default): any
+        symbol, including ones the noise can never produce (such a symbol
+        reveals itself, theory.md 2.3); typed text often tokenizes outside a
+        restricted alphabet (a newline, a long word). ``"noise"`` assumes the
+        attacker writes only symbols of the noise alphabet: an assumption about
+        the tokenizer and the input channel, which the certificate records.
+        The certificate takes the worst case over what the attacker can induce.
     """
 
     beta: float
     vocab_size: int | None = None
     alphabet: np.ndarray | None = None
-    attacker_alphabet: str = "noise"
+    attacker_alphabet: str = "any"
     _sorted: np.ndarray | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -183,14 +260,15 @@ class UniformSubstitution(DiscreteKernel):
         if (self.vocab_size is None) == (self.alphabet is None):
             raise ValueError("give exactly one of vocab_size and alphabet")
         if self.alphabet is not None:
-            alpha = np.unique(np.asarray(self.alphabet).astype(np.int64))
-            if alpha.size != np.asarray(self.alphabet).size:
+            given = as_tokens(self.alphabet, "alphabet")
+            alpha = np.unique(given)
+            if alpha.size != given.size:
                 raise ValueError("alphabet must not contain duplicates")
             object.__setattr__(self, "_sorted", alpha)
             object.__setattr__(self, "vocab_size", int(alpha.size))
         check_int("vocab_size", self.vocab_size, minimum=2)
-        if self.attacker_alphabet not in ("noise", "any"):
-            raise ValueError("attacker_alphabet must be 'noise' or 'any'")
+        if self.attacker_alphabet not in ("any", "noise"):
+            raise ValueError(f"attacker_alphabet must be 'any' or 'noise', got {self.attacker_alphabet!r}")
 
     def _index(self, tokens):
         """Index of each token in the alphabet, -1 where it is outside."""
@@ -199,11 +277,17 @@ class UniformSubstitution(DiscreteKernel):
         pos = np.clip(np.searchsorted(self._sorted, tokens), 0, self.vocab_size - 1)
         return np.where(self._sorted[pos] == tokens, pos, -1)
 
+    def _check_vocabulary(self, tokens):
+        if self._sorted is None and ((tokens < 0) | (tokens >= self.vocab_size)).any():
+            raise ValueError(f"noised token ids must lie in [0, vocab_size = {self.vocab_size}); "
+                             "for a noise alphabet smaller than the model's vocabulary pass alphabet=")
+
     def sample(self, tokens, noised, n, rng):
         out = np.repeat(tokens[None, :], n, axis=0)
         cols = np.flatnonzero(noised)
         if not cols.size:
             return out
+        self._check_vocabulary(tokens[cols])
         idx = self._index(tokens[cols])
         inside = idx >= 0
         # Uniform over the alphabet minus the current symbol: draw from V - 1 and skip it.
@@ -215,10 +299,12 @@ class UniformSubstitution(DiscreteKernel):
         return out
 
     def attack_spec(self, tokens, attackable):
+        self._check_vocabulary(tokens[attackable])
         inside = self._index(tokens[attackable]) >= 0
         return {"kernel": "uniform", "beta": self.beta, "vocab_size": self.vocab_size,
                 "inside": int(inside.sum()), "outside": int((~inside).sum()),
-                "attacker_alphabet": self.attacker_alphabet}
+                "attacker_alphabet": self.attacker_alphabet,
+                "restricted_alphabet": self._sorted is not None}
 
     def describe(self):
         return {"kernel": "uniform", "beta": self.beta, "vocab_size": self.vocab_size,
@@ -260,6 +346,7 @@ class AbsorbingMask(DiscreteKernel):
 
     def __post_init__(self):
         object.__setattr__(self, "beta", check_beta(self.beta))
+        object.__setattr__(self, "mask_id", check_token_id("mask_id", self.mask_id))
 
     def sample(self, tokens, noised, n, rng):
         if (tokens[noised] == self.mask_id).any():
@@ -322,8 +409,10 @@ def attack_atoms(spec: dict, d: int) -> list[Atoms]:
         if d > spec["inside"] + spec["outside"]:
             raise ValueError(f"d = {d} exceeds the attackable positions "
                              f"({spec['inside'] + spec['outside']})")
+        # Outside symbols exist only beside a restricted alphabet (older specs: assume they do).
+        attacker_any = spec["attacker_alphabet"] == "any" and spec.get("restricted_alphabet", True)
         return _mixed_atoms(spec["beta"], spec["vocab_size"], d, spec["inside"], spec["outside"],
-                            spec["attacker_alphabet"] == "any")
+                            attacker_any)
     if kind == "absorbing":
         if d > spec["positions"]:
             raise ValueError(f"d = {d} exceeds the attackable positions ({spec['positions']})")
@@ -417,16 +506,24 @@ def to_like(x: np.ndarray, like):
     return x
 
 
-def as_tokens(tokens: Sequence[int] | np.ndarray) -> np.ndarray:
+def as_tokens(tokens, name: str = "x_discrete", *, allow_empty: bool = False) -> np.ndarray:
     """A 1-D int64 token array, with clear errors for empty or non-integer input."""
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of integer token ids, not a string "
+                        "(tokenize it first)")
     arr = as_numpy(tokens)
     if arr.ndim != 1:
-        raise ValueError(f"x_discrete must be a 1-D sequence of token ids, got shape {arr.shape}")
+        raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("x_discrete must not be empty (the discrete part has no token)")
+        if allow_empty:
+            return np.zeros(0, np.int64)
+        raise ValueError(f"{name} must not be empty (the discrete part has no token)")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
     if not np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
-            raise ValueError(f"x_discrete must hold integer token ids, got dtype {arr.dtype}")
+            raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype} "
+                             f"with non-integral values")
     return arr.astype(np.int64, copy=False)

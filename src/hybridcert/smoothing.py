@@ -13,13 +13,23 @@ CERTIFY, shared-D (the default): noise the whole threat region once, draw
 ``n0`` samples to pick the label and ``n`` fresh ones to lower-bound its
 probability. That one bound certifies every budget ``d <= d_max``
 (theory.md 2, "shared-D"), so a frontier costs ``n0 + n`` model calls at
-level ``alpha``. The published loop-over-d protocol (``protocol="per_budget"``)
-re-estimates for each budget, with ``alpha / (d_max + 1)`` each for the same
-joint level, and costs ``n0 + (d_max + 1) n`` calls.
+level ``alpha``. The loop-over-d protocol (``protocol="per_budget"``) is a
+cost baseline: it estimates the *same* smoothed classifier independently for
+each budget, at ``alpha / (d_max + 1)`` each for the same joint level, and
+costs ``n0 + (d_max + 1) n`` calls. (Noising only the last ``d`` positions for
+budget ``d``, as the published scripts do, would define another classifier per
+budget, and its certificate would say nothing about the one ``predict``
+evaluates; theory.md 2.)
+
+The invariant every certificate keeps: it is a claim about exactly the
+function that :meth:`SmoothedClassifier.predict` (and :meth:`estimate`)
+computes, at every input the threat region it records can reach from the
+certified one (:meth:`~hybridcert.noise.ThreatRegion.discrete_distance`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -29,18 +39,21 @@ from scipy.stats import binomtest
 from ._validation import check_int, check_open_unit, check_positive
 from .certificate.frontier import certified_frontier
 from .noise import (
+    AppendInput,
     DiscreteKernel,
     GaussianNoise,
     L0Anywhere,
     ThreatRegion,
     as_numpy,
-    as_tokens,
     attack_atoms,
     to_like,
 )
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 
-__all__ = ["ABSTAIN", "Certificate", "SmoothedClassifier", "recompute"]
+__all__ = ["ABSTAIN", "Certificate", "Estimate", "SmoothedClassifier", "check_labels", "count_labels",
+           "recompute"]
+
+logger = logging.getLogger(__name__)
 
 ABSTAIN = -1
 PROTOCOLS = ("shared", "per_budget")
@@ -105,6 +118,27 @@ class Certificate:
         out["radii"] = list(self.radii)
         out["count"], out["n"] = list(self.count), list(self.n)
         return out
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte Carlo estimate of one smoothed probability (:meth:`SmoothedClassifier.estimate`).
+
+    ``lower`` and ``upper`` are one-sided Clopper-Pearson bounds, each at level
+    ``alpha``: ``P[p >= lower] >= 1 - alpha`` and ``P[p <= upper] >= 1 - alpha``.
+    """
+
+    label: int
+    count: int
+    n: int
+    lower: float
+    upper: float
+    abstentions: int
+    errors: int
+
+    @property
+    def p(self) -> float:
+        return self.count / self.n
 
 
 class SmoothedClassifier:
@@ -198,7 +232,7 @@ class SmoothedClassifier:
         alpha = float(check_open_unit("alpha", alpha))
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         inputs = self._inputs(x_discrete, x_continuous)
-        counts, _, _, _ = self._counts(inputs, self.threat, n, rng)
+        counts = self._counts(inputs, n, rng).counts
         if self.decision == "threshold":
             k = int(counts[self.target_label])
             if clopper_pearson_lower(k, n, alpha) >= self.tau:
@@ -211,6 +245,50 @@ class SmoothedClassifier:
         if n_a + n_b == 0 or binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2[0])
+
+    def estimate(self, x_discrete, x_continuous, *, n: int = 10_000, alpha: float = 0.001,
+                 label: int | None = None, random_state=None) -> Estimate:
+        """Estimate the smoothed probability of ``label`` at an input (clean or attacked).
+
+        The same noise and base classifier as :meth:`predict` and :meth:`certify`:
+        this is how an attacked input's smoothed probability is checked against a
+        certificate (an abstention counts against ``label``).
+
+        Parameters
+        ----------
+        x_discrete, x_continuous
+            The input, in the form the threat region takes (an
+            :class:`~hybridcert.noise.AppendInput` for ``AppendOnly``).
+        n : int >= 1
+            Noisy samples.
+        alpha : float in (0, 1)
+            Level of each one-sided Clopper-Pearson bound.
+        label : int, optional
+            Defaults to ``target_label``.
+        """
+        n = check_int("n", n, minimum=1)
+        alpha = float(check_open_unit("alpha", alpha))
+        label = self.target_label if label is None else check_int("label", label, minimum=0)
+        if label >= self.num_classes:
+            raise ValueError(f"label must be < num_classes ({self.num_classes}), got {label}")
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        seen = self._counts(self._inputs(x_discrete, x_continuous), n, rng)
+        k = int(seen.counts[label])
+        return Estimate(label=label, count=k, n=n, lower=clopper_pearson_lower(k, n, alpha),
+                        upper=clopper_pearson_upper(k, n, alpha), abstentions=seen.abstentions,
+                        errors=seen.errors)
+
+    def sample(self, x_discrete, x_continuous, n: int, *, random_state=None):
+        """``n`` noisy copies of an input, exactly as the base classifier receives them.
+
+        Returns ``(tokens, continuous)``: the model-facing token batch ``(n, L)``
+        (the threat region applied, then the kernel) or None, and the noisy
+        continuous batch (clamp and denoiser applied). Attacks and diagnostics
+        use it so that they see the smoothed classifier's own noise.
+        """
+        n = check_int("n", n, minimum=1)
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        return self._noisy_batch(self._inputs(x_discrete, x_continuous), n, rng)
 
     def certify(self, x_discrete, x_continuous, *, n0: int = 100, n: int = 10_000,
                 alpha: float = 0.001, d_max: int | None = None, protocol: str = "shared",
@@ -239,7 +317,7 @@ class SmoothedClassifier:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         inputs = self._inputs(x_discrete, x_continuous)
-        attackable = self._attackable(inputs, self.threat)
+        attackable = inputs.attackable
         if d_max is None:
             d_max = min(8, attackable)
         d_max = check_int("d_max", d_max, minimum=0)
@@ -250,30 +328,27 @@ class SmoothedClassifier:
         calls = abstained = errors = 0
         first_error = None
 
-        def tally(region, size):
+        def tally(size):
             nonlocal calls, abstained, errors, first_error
-            counts, abst, err, msg = self._counts(inputs, region, size, rng)
+            seen = self._counts(inputs, size, rng)
             calls += size
-            abstained += abst
-            errors += err
-            first_error = first_error or msg
-            return counts
+            abstained += seen.abstentions
+            errors += seen.errors
+            first_error = first_error or seen.first_error
+            return seen.counts
 
         if self.decision == "threshold":
             label, used_n0 = self.target_label, 0
         else:
-            label, used_n0 = int(np.argmax(tally(self.threat, n0))), n0
+            label, used_n0 = int(np.argmax(tally(n0))), n0
             label = label if calls - abstained > 0 else ABSTAIN
 
-        if protocol == "shared":
-            regions = [self.threat]
-            level = alpha
-        else:
-            regions = [self.threat.restricted(d) for d in range(d_max + 1)]
-            level = split_alpha(alpha, d_max + 1)
-        counts = [int(tally(region, n)[label]) if label != ABSTAIN else 0 for region in regions]
+        # Both protocols estimate the same smoothed classifier; per_budget does it d_max + 1 times.
+        estimates, level = (1, alpha) if protocol == "shared" else \
+            (d_max + 1, split_alpha(alpha, d_max + 1))
+        counts = [int(tally(n)[label]) if label != ABSTAIN else 0 for _ in range(estimates)]
         p_lowers = [clopper_pearson_lower(k, n, level) for k in counts]
-        specs = [self._attack_spec(inputs, region) for region in regions]
+        specs = [self._attack_spec(inputs)] * estimates
         settings = {
             "decision": self.decision, "tau": self.tau, "alpha": alpha, "level": level,
             "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
@@ -290,12 +365,17 @@ class SmoothedClassifier:
 
     # ------------------------------------------------------------------ internals
 
-    def _inputs(self, x_discrete, x_continuous):
+    def _inputs(self, x_discrete, x_continuous) -> _Inputs:
         if x_discrete is None and self.discrete_noise is not None:
             raise ValueError("x_discrete is None but discrete_noise is set")
         if x_continuous is None and self.sigma is not None:
             raise ValueError("x_continuous is None but sigma is set")
-        tokens = None if x_discrete is None else as_tokens(x_discrete)
+        seq = mask = like = None
+        if x_discrete is not None:
+            seq, mask = self.threat.apply(x_discrete)
+            if self.discrete_noise is None:  # Gaussian-only: nothing is noised or attackable
+                mask = np.zeros_like(mask)
+            like = x_discrete.trusted if isinstance(x_discrete, AppendInput) else x_discrete
         cont = None
         if x_continuous is not None:  # with sigma None it reaches the model unchanged
             values = as_numpy(x_continuous)
@@ -306,67 +386,104 @@ class SmoothedClassifier:
             if not np.isfinite(values).all():
                 raise ValueError("x_continuous must be finite (no NaN or inf)")
             cont = x_continuous if not isinstance(x_continuous, list) else values
-        return tokens, x_discrete, cont
+        return _Inputs(seq, mask, like, cont)
 
-    def _attackable(self, inputs, region) -> int:
-        tokens = inputs[0]
-        if tokens is None or self.discrete_noise is None:
-            return 0
-        _, mask = region.apply(tokens)
-        return int(mask.sum())
-
-    def _attack_spec(self, inputs, region) -> dict:
-        tokens = inputs[0]
-        if tokens is None or self.discrete_noise is None:
+    def _attack_spec(self, inputs: _Inputs) -> dict:
+        if inputs.tokens is None or self.discrete_noise is None:
             return {"kernel": "none"}
-        seq, mask = region.apply(tokens)
-        return self.discrete_noise.attack_spec(seq, mask)
+        return self.discrete_noise.attack_spec(inputs.tokens, inputs.mask)
 
-    def _counts(self, inputs, region, size, rng):
+    def _noisy_batch(self, inputs: _Inputs, b: int, rng: np.random.Generator):
+        """``b`` noisy copies of prepared inputs: ``(tokens (b, L) or None, continuous (b, ...))``."""
+        tok_b = None
+        if inputs.tokens is not None:
+            tok_b = inputs.tokens[None].repeat(b, 0) if self.discrete_noise is None else \
+                self.discrete_noise.sample(inputs.tokens, inputs.mask, b, rng)
+            tok_b = to_like(tok_b, inputs.like)
+        cont_b = None if inputs.cont is None else (
+            self.gaussian.sample(inputs.cont, b, rng) if self.gaussian is not None
+            else _repeat(inputs.cont, b))
+        return tok_b, cont_b
+
+    def _counts(self, inputs: _Inputs, size: int, rng) -> LabelCounts:
         """Label counts over ``size`` noisy samples, drawn and classified batch by batch."""
-        tokens, tokens_like, cont = inputs
-        if tokens is not None:
-            seq, mask = region.apply(tokens)
-            if self.discrete_noise is None:
-                mask = np.zeros_like(mask)
-        counts = np.zeros(self.num_classes, dtype=np.int64)
-        abstained = errors = 0
-        first_error = None
-        for start in range(0, size, self.batch_size):
-            b = min(self.batch_size, size - start)
-            tok_b = None
-            if tokens is not None:
-                tok_b = seq[None].repeat(b, 0) if self.discrete_noise is None else \
-                    self.discrete_noise.sample(seq, mask, b, rng)
-                tok_b = to_like(tok_b, tokens_like)
-            cont_b = None if cont is None else (
-                self.gaussian.sample(cont, b, rng) if self.gaussian is not None
-                else _repeat(cont, b))
-            try:
-                labels = self.base_classifier(tok_b, cont_b)
-            except Exception as err:  # the model failed: count the batch against the label
-                errors += b
-                first_error = first_error or f"{type(err).__name__}: {err}"
-                labels = np.full(b, ABSTAIN)
-            labels = self._check_labels(labels, b)
-            valid = labels >= 0
-            counts += np.bincount(labels[valid], minlength=self.num_classes)
-            abstained += int((~valid).sum())
-        return counts, abstained, errors, first_error
+        return count_labels(self.base_classifier, lambda b: self._noisy_batch(inputs, b, rng), size,
+                            batch_size=self.batch_size, num_classes=self.num_classes)
 
-    def _check_labels(self, labels, b) -> np.ndarray:
-        out = as_numpy(labels)
-        if out.shape != (b,):
-            raise ValueError(f"the base classifier returned labels of shape {out.shape} for a "
-                             f"batch of {b}; it must return one integer label per sample")
-        if not np.issubdtype(out.dtype, np.integer):
-            if not (np.issubdtype(out.dtype, np.floating) and np.all(out == np.round(out))):
-                raise ValueError(f"the base classifier must return integer labels, got {out.dtype}")
-            out = out.astype(np.int64)
-        if ((out < ABSTAIN) | (out >= self.num_classes)).any():
-            raise ValueError(f"the base classifier returned a label outside [-1, "
-                             f"{self.num_classes - 1}] (num_classes={self.num_classes})")
-        return out.astype(np.int64, copy=False)
+@dataclass(frozen=True)
+class _Inputs:
+    """One input as the model sees it: the threat region applied once."""
+
+    tokens: np.ndarray | None   # model-facing token sequence
+    mask: np.ndarray | None     # noised (= attackable) positions
+    like: object                # what the user passed (numpy or torch), for the batch type
+    cont: object                # continuous part, numpy or torch
+
+    @property
+    def attackable(self) -> int:
+        return 0 if self.mask is None else int(self.mask.sum())
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    """What :func:`count_labels` saw: per-label counts, abstentions, errors, the first error."""
+
+    counts: np.ndarray
+    abstentions: int
+    errors: int
+    first_error: str | None
+
+
+def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_size: int,
+                 num_classes: int) -> LabelCounts:
+    """Classify ``size`` noisy samples, ``draw(b) -> (tokens, continuous)`` at a time.
+
+    The one sampling loop of the engine and the ablation baseline. An exception
+    raised by the model turns its whole batch into abstentions (logged once,
+    counted in ``errors``); labels are checked by :func:`check_labels`.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    abstained = errors = 0
+    first_error = None
+    for start in range(0, size, batch_size):
+        b = min(batch_size, size - start)
+        tok_b, cont_b = draw(b)
+        try:
+            labels = base_classifier(tok_b, cont_b)
+        except Exception as err:  # the model failed: count the batch against the label
+            errors += b
+            if first_error is None:
+                first_error = f"{type(err).__name__}: {err}"
+                logger.warning("the base classifier raised (counted as abstentions): %s",
+                               first_error)
+            labels = np.full(b, ABSTAIN)
+        labels = check_labels(labels, b, num_classes)
+        valid = labels >= 0
+        counts += np.bincount(labels[valid], minlength=num_classes)
+        abstained += int((~valid).sum())
+    return LabelCounts(counts, abstained, errors, first_error)
+
+
+def check_labels(labels, b: int, num_classes: int) -> np.ndarray:
+    """``b`` integer labels in ``[-1, num_classes)`` as int64, or a ValueError saying what is wrong.
+
+    Probabilities, scores or a short array are refused, never truncated into labels.
+    """
+    out = as_numpy(labels)
+    if out.shape != (b,):
+        raise ValueError(f"the base classifier returned labels of shape {out.shape} for a "
+                         f"batch of {b}; it must return one integer label per sample")
+    if out.dtype == bool or not np.issubdtype(out.dtype, np.number):
+        raise ValueError(f"the base classifier must return integer labels, got {out.dtype}")
+    if not np.issubdtype(out.dtype, np.integer):
+        if not (np.issubdtype(out.dtype, np.floating) and np.all(out == np.round(out))):
+            raise ValueError(f"the base classifier must return integer labels, got {out.dtype} "
+                             "with non-integral values (probabilities? return labels)")
+        out = out.astype(np.int64)
+    if ((out < ABSTAIN) | (out >= num_classes)).any():
+        raise ValueError(f"the base classifier returned a label outside [-1, "
+                         f"{num_classes - 1}] (num_classes={num_classes})")
+    return out.astype(np.int64, copy=False)
 
 
 def _repeat(x, b: int):
@@ -401,9 +518,9 @@ def recompute(cert: Certificate, *, alpha: float | None = None,
 def _with_radii(cert: Certificate, p_lowers: list[float]) -> Certificate:
     """Radii and largest budget from the lower bound(s) and the recorded attack specifications.
 
-    Shared-D: one bound certifies every budget. Per-budget: the ``d``-th bound
-    certifies budgets ``0..d`` under the ``d``-th region; the reported radius at
-    ``d`` is the minimum over ``d' <= d`` (an attacker may change fewer).
+    Shared-D: one bound certifies every budget. Per-budget: the ``d``-th
+    (independent) bound certifies budget ``d``; the reported radius at ``d`` is
+    the minimum over ``d' <= d``, so the frontier stays monotone.
     """
     s = cert.settings
     d_max = s["d_max"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import beta as beta_dist
 
-from ._validation import as_float_array
+from ._validation import as_count_array, check_int
 
 __all__ = ["clopper_pearson_lower", "clopper_pearson_upper", "split_alpha"]
 
@@ -56,22 +56,20 @@ def clopper_pearson_upper(successes, n, alpha):
 def split_alpha(alpha: float, estimates: int) -> float:
     """Per-estimate level for a joint guarantee at ``alpha`` over ``estimates`` bounds (Bonferroni)."""
     alpha = _check_alpha(alpha)
-    if estimates < 1:
-        raise ValueError(f"estimates must be >= 1, got {estimates}")
-    return alpha / estimates
+    return alpha / check_int("estimates", estimates, minimum=1)
 
 
 def _check(successes, n, alpha):
-    k = as_float_array("successes", successes)
-    n = as_float_array("n", n)
-    if (n < 1).any() or (n != np.round(n)).any():
-        raise ValueError("n must be an integer >= 1")
-    if (k < 0).any() or (k > n).any() or (k != np.round(k)).any():
+    k = as_count_array("successes", successes, minimum=0)
+    n = as_count_array("n", n, minimum=1)
+    if (k > n).any():
         raise ValueError("successes must be an integer in [0, n]")
     return k, n, _check_alpha(alpha)
 
 
 def _check_alpha(alpha) -> float:
+    if isinstance(alpha, (bool, str, bytes)):
+        raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha!r}")
     alpha = float(alpha)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie in the open interval (0, 1), got {alpha!r}")

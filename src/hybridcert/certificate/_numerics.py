@@ -137,6 +137,9 @@ class Prepared:
 
 def prepare(atoms: Atoms) -> Prepared:
     """Split ``atoms`` once; cached on the (immutable) atoms object."""
+    if not isinstance(atoms, Atoms):
+        raise TypeError("atoms must be an Atoms object (for instance uniform_atoms(d, beta=..., "
+                        f"vocab_size=...)), got {type(atoms).__name__}")
     cached = atoms._cache.get("prepared")
     if cached is not None:
         return cached

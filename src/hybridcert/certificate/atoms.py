@@ -22,6 +22,7 @@ own atoms, never approximated.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -119,8 +120,16 @@ class Atoms:
         """Atoms from explicit masses; the ratio is ``p_adv / p_clean`` (0 and inf allowed)."""
         p = np.asarray(p_clean, dtype=float).ravel()
         q = np.asarray(p_adv, dtype=float).ravel()
-        if p.shape != q.shape or ((p < 0) | (q < 0)).any():
-            raise ValueError("p_clean and p_adv must be non-negative arrays of one shape")
+        if p.shape != q.shape or not (np.isfinite(p).all() and np.isfinite(q).all()) or \
+                ((p < 0) | (q < 0)).any():
+            raise ValueError("p_clean and p_adv must be finite, non-negative arrays of one shape")
+        for name, masses in (("p_clean", p), ("p_adv", q)):
+            # Each is a probability distribution over the outcomes; a mass missing or
+            # counted twice would move the Neyman-Pearson fill (and the certificate).
+            total = math.fsum(masses.tolist())
+            if abs(total - 1.0) > 1e-9:
+                raise ValueError(f"{name} must sum to 1 (a distribution over the outcomes), "
+                                 f"got {total!r}")
         keep = (p > 0) | (q > 0)
         p, q = p[keep], q[keep]
         with np.errstate(divide="ignore"):
