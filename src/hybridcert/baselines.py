@@ -29,7 +29,7 @@ import numpy as np
 
 from ._validation import check_int, check_open_unit, check_token_id
 from .noise import as_numpy, as_tokens
-from .smoothing import ABSTAIN, count_labels
+from .smoothing import ABSTAIN, Estimate, count_labels
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 
 __all__ = ["MMCertCertificate", "MMCertSmoother", "ablation_delta"]
@@ -154,8 +154,15 @@ class MMCertSmoother:
             raise ValueError("x_continuous must be a non-empty, finite array (no NaN or inf)")
         n_pixels = self._pixels(image).shape[0]
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
-        e_text = list(range(tokens.size + 1)) if e_text is None else list(e_text)
-        e_image = [0, 1, 2, 5, 10, 20, 50] if e_image is None else list(e_image)
+        e_text = list(range(tokens.size + 1)) if e_text is None else \
+            [check_int("e_text", e, minimum=0) for e in e_text]
+        e_image = [e for e in (0, 1, 2, 5, 10, 20, 50) if e <= n_pixels] if e_image is None else \
+            [check_int("e_image", e, minimum=0) for e in e_image]
+        for name, values, limit, unit in (("e_text", e_text, tokens.size, "tokens"),
+                                          ("e_image", e_image, n_pixels, "pixels")):
+            if max(values, default=0) > limit:
+                raise ValueError(f"{name} must lie in [0, {limit}] (the input has {limit} {unit}), "
+                                 f"got {max(values)}")
         calls = 0
         if self.decision == "threshold":
             label = self.target_label
@@ -193,6 +200,24 @@ class MMCertSmoother:
         return MMCertCertificate(label, p_lower, runner, certified, largest_text, largest_image,
                                  calls)
 
-    def _counts(self, tokens, image, size, rng) -> np.ndarray:
+    def estimate(self, x_discrete, x_continuous, *, n: int = 10_000, alpha: float = 0.001,
+                 label: int | None = None, random_state=None) -> Estimate:
+        """The ablation-smoothed probability of ``label`` (default ``target_label``) at an input.
+
+        The same sub-sampling and base classifier as :meth:`certify`: this is
+        how an attacked input is checked against an MMCert-style certificate.
+        """
+        n = check_int("n", n, minimum=1)
+        alpha = float(check_open_unit("alpha", alpha))
+        label = self.target_label if label is None else check_int("label", label, minimum=0)
+        tokens = as_tokens(x_discrete)
+        image = as_numpy(x_continuous).astype(np.float32)
+        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        return Estimate.from_counts(label, self._seen(tokens, image, n, rng), n, alpha)
+
+    def _seen(self, tokens, image, size, rng):
         return count_labels(self.base_classifier, lambda b: self.ablate(tokens, image, b, rng), size,
-                            batch_size=self.batch_size, num_classes=self.num_classes).counts
+                            batch_size=self.batch_size, num_classes=self.num_classes)
+
+    def _counts(self, tokens, image, size, rng) -> np.ndarray:
+        return self._seen(tokens, image, size, rng).counts

@@ -102,8 +102,8 @@ class ThreatRegion(ABC):
         seq, mask = self.apply(x_discrete)
         adv, adv_mask = self.apply(x_attacked)
         if adv.shape != seq.shape or not np.array_equal(mask, adv_mask):
-            raise ValueError("x_attacked does not have the shape of x_discrete under this threat "
-                             f"region ({adv.shape} vs {seq.shape})")
+            raise ValueError("x_attacked lies outside the threat region: the model sees "
+                             f"{adv.shape[0]} symbols for it and {seq.shape[0]} for x_discrete")
         changed = seq != adv
         if (changed & ~mask).any():
             raise ValueError("x_attacked changes positions outside the threat region: "

@@ -140,6 +140,13 @@ class Estimate:
     def p(self) -> float:
         return self.count / self.n
 
+    @classmethod
+    def from_counts(cls, label: int, seen: LabelCounts, n: int, alpha: float) -> Estimate:
+        k = int(seen.counts[label])
+        return cls(label=label, count=k, n=n, lower=clopper_pearson_lower(k, n, alpha),
+                   upper=clopper_pearson_upper(k, n, alpha), abstentions=seen.abstentions,
+                   errors=seen.errors)
+
 
 class SmoothedClassifier:
     """Hybrid randomized smoothing of a base classifier (discrete kernel + Gaussian noise).
@@ -272,11 +279,8 @@ class SmoothedClassifier:
         if label >= self.num_classes:
             raise ValueError(f"label must be < num_classes ({self.num_classes}), got {label}")
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
-        seen = self._counts(self._inputs(x_discrete, x_continuous), n, rng)
-        k = int(seen.counts[label])
-        return Estimate(label=label, count=k, n=n, lower=clopper_pearson_lower(k, n, alpha),
-                        upper=clopper_pearson_upper(k, n, alpha), abstentions=seen.abstentions,
-                        errors=seen.errors)
+        return Estimate.from_counts(label, self._counts(self._inputs(x_discrete, x_continuous), n,
+                                                        rng), n, alpha)
 
     def sample(self, x_discrete, x_continuous, n: int, *, random_state=None):
         """``n`` noisy copies of an input, exactly as the base classifier receives them.
