@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,7 +20,8 @@ from ._numerics import broadcast, prepare
 from .atoms import Atoms, categorical_atoms, field_choices
 from .hybrid import certified_radius, discrete_certified
 
-__all__ = ["Frontier", "categorical_frontier", "certified_frontier"]
+__all__ = ["Frontier", "categorical_frontier", "categorical_frontier_by_subsets",
+           "certified_frontier"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,28 @@ def categorical_frontier(
     if d_max > len(arities):
         raise ValueError(f"d_max must be <= the number of fields ({len(arities)}), got {d_max}")
     choices = [[_categorical(c, beta) for c in field_choices(arities, d)] for d in range(d_max + 1)]
+    return _frontier(p_lower, sigma, tau, choices)
+
+
+def categorical_frontier_by_subsets(
+    p_lower, *, sigma, arities: Sequence[int], beta: float, d_max: int | None = None, tau=0.5
+) -> Frontier:
+    """Reference for :func:`categorical_frontier`: the brute force over field subsets.
+
+    For budget ``d`` every one of the ``C(len(arities), d)`` subsets of fields is enumerated,
+    its atoms are built afresh, and the radius is the minimum over subsets (what the paper's
+    code does). Same parameters and result as :func:`categorical_frontier`, which enumerates
+    multisets of arities instead and reuses atoms across calls; this function exists to check
+    that reduction and to measure what it saves.
+    """
+    arities = [check_int("arities", a, minimum=2) for a in arities]
+    beta = check_beta(beta)
+    d_max = len(arities) if d_max is None else check_int("d_max", d_max, minimum=0)
+    if d_max > len(arities):
+        raise ValueError(f"d_max must be <= the number of fields ({len(arities)}), got {d_max}")
+    choices = [[categorical_atoms([arities[i] for i in subset], beta=beta)
+                for subset in itertools.combinations(range(len(arities)), d)]
+               for d in range(d_max + 1)]
     return _frontier(p_lower, sigma, tau, choices)
 
 
