@@ -1,0 +1,247 @@
+"""The Adult census data (the paper's tabular experiment), read from the `fairness` package's copy.
+
+CI installs it with `pip install --no-deps fairness==0.1.8`. The models here are small
+logistic regressions trained in a session fixture; the demo SVM is trained and timed by
+benchmarks/adult.py, never in a test.
+"""
+
+import csv
+import dataclasses
+import json
+import pickle
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hybridcert as hc
+from hybridcert.cli import main
+from hybridcert.datasets import load_adult, load_dataset, tabular
+from hybridcert.datasets.base import Split
+from hybridcert.models import demo
+from hybridcert.noise import CategoricalSubstitution
+
+ARITIES = {"workclass": 9, "education": 16, "marital-status": 7, "occupation": 15,
+           "relationship": 6, "race": 5, "sex": 2, "native-country": 42}
+ALPHA = 0.01
+
+
+@pytest.fixture(scope="module")
+def adult():
+    return load_adult()
+
+
+@pytest.fixture(scope="module")
+def raw_rows():
+    """The packaged file read independently of the loader (csv module, no hybridcert code)."""
+    path = metadata.distribution("fairness").locate_file("fairness/data/raw/adult.csv")
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def small_model(adult):
+    """Logistic regression on 5 noisy copies of 4,000 training rows (about a second)."""
+    train = adult.train
+    keep = np.arange(4000)
+    subset = dataclasses.replace(adult, train=Split(
+        ids=[train.ids[i] for i in keep], x_discrete=train.x_discrete[keep],
+        x_continuous=train.x_continuous[keep], y=train.y[keep]))
+    return demo.tabular_model(subset, sigma=0.5, beta=0.25, estimator="logreg", copies=5)
+
+
+def smoothed(model, data, **rule):
+    return hc.SmoothedClassifier(model, discrete_noise=CategoricalSubstitution(0.25, data.arities),
+                                 sigma=0.5, num_classes=2, batch_size=2000,
+                                 **(rule or {"decision": "majority"}))
+
+
+def label_count(model, data, label, codes, values, n, seed):
+    """Monte Carlo: noisy samples (out of n) on which the base model returns ``label``."""
+    counter = smoothed(model, data, decision="threshold", target_label=label, tau=0.5)
+    return counter.certify(codes, values, n=n, alpha=ALPHA, d_max=0, random_state=seed).count[0]
+
+
+def test_the_packaged_file_loads_with_its_card(adult):
+    assert len(adult.train) + len(adult.test) == 32_561
+    assert dict(zip(adult.feature_names, adult.arities)) == ARITIES
+    assert adult.class_names == ["<=50K", ">50K"]
+    labels = np.concatenate([adult.train.y, adult.test.y])
+    assert np.bincount(labels).tolist() == [24_720, 7_841]
+    # Stratified 70/30: each label's share is the same in both splits (to one row).
+    assert abs(len(adult.test) - round(0.3 * 24_720) - round(0.3 * 7_841)) == 0
+    assert abs(adult.test.y.mean() - adult.train.y.mean()) < 1e-3
+    assert load_dataset("adult").test.ids == adult.test.ids  # fixed, seeded split
+    assert load_adult(seed=1).test.ids != adult.test.ids
+    card = adult.summary()
+    for text in ("fairness", "Apache-2.0", "CC BY 4.0", "32561 rows", "native-country: 42",
+                 "'missing'", "24720 rows", "7841 rows", "training rows only"):
+        assert text in card, text
+
+
+def test_numbers_are_standardised_with_training_rows_only(adult, raw_rows):
+    columns = tabular.ADULT_NUMERIC
+    values = np.array([[float(r[c]) for c in columns] for r in raw_rows])
+    train = [int(i.split("-")[1]) for i in adult.train.ids]
+    test = [int(i.split("-")[1]) for i in adult.test.ids]
+    assert not set(train) & set(test) and len(set(train) | set(test)) == len(raw_rows)
+    assert np.allclose(adult.extras["mean"], values[train].mean(axis=0), rtol=1e-12)
+    assert np.allclose(adult.extras["std"], values[train].std(axis=0), rtol=1e-12)
+    # Including the test rows would give other statistics (so the check above can fail).
+    assert not np.allclose(adult.extras["mean"], values.mean(axis=0), rtol=1e-6)
+    expected = (values[test] - values[train].mean(axis=0)) / values[train].std(axis=0)
+    assert np.allclose(adult.test.x_continuous, expected, atol=1e-5)
+    assert np.allclose(adult.train.x_continuous.mean(axis=0), 0, atol=1e-5)
+    # Codes index the sorted categories; '?' is a category of its own.
+    levels = adult.extras["levels"]
+    row = raw_rows[train[0]]
+    assert [levels[j][c] for j, c in enumerate(adult.train.x_discrete[0])] == \
+        [row[f] for f in tabular.ADULT_CATEGORICAL]
+    assert "?" in levels[tabular.ADULT_CATEGORICAL.index("native-country")]
+
+
+def test_path_and_environment_come_before_the_package(tmp_path, monkeypatch):
+    fixture = Path(__file__).with_name("data") / "adult_small.data"
+    monkeypatch.setenv("HYBRIDCERT_ADULT", str(fixture))
+    assert len(load_adult().train) + len(load_adult().test) == 48
+    monkeypatch.delenv("HYBRIDCERT_ADULT")
+    assert len(load_adult(fixture).test) == 15
+
+
+def test_absent_data_names_the_pip_line(monkeypatch):
+    monkeypatch.delenv("HYBRIDCERT_ADULT", raising=False)
+    monkeypatch.setattr(tabular, "ADULT_PACKAGE_FILE", "fairness/data/raw/not-there.csv")
+    with pytest.raises(ValueError, match=r"pip install --no-deps fairness==0\.1\.8"):
+        load_adult()
+    monkeypatch.setattr(tabular, "ADULT_PACKAGE_FILE", "fairness/data/raw/adult.csv")
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    with pytest.raises(ValueError, match=r"pip install --no-deps fairness==0\.1\.8"):
+        load_dataset("adult")
+    with pytest.raises(SystemExit) as exc:
+        main(["certify", "--dataset", "adult", "--n", "10", "--no-report"])
+    assert exc.value.code == 2
+
+
+def test_small_certification_on_real_rows(adult, small_model):
+    assert np.mean(small_model(adult.test.x_discrete, adult.test.x_continuous)
+                   == adult.test.y) > 0.8
+    smooth = smoothed(small_model, adult)
+    correct = 0
+    for k in range(6):
+        cert = smooth.certify(adult.test.x_discrete[k], adult.test.x_continuous[k], n0=50, n=1000,
+                              alpha=ALPHA, d_max=3, random_state=k)
+        assert len(cert.radii) == 4 and cert.model_calls == 1050
+        correct += cert.label == adult.test.y[k]
+        if cert.label == hc.smoothing.ABSTAIN:
+            continue
+        # Budget 0 is Cohen's radius; every budget is the exact minimum over field choices.
+        assert cert.radii[0] == pytest.approx(hc.gaussian_radius(cert.p_lower, sigma=0.5),
+                                              rel=1e-6)
+        front = hc.categorical_frontier(cert.p_lower, sigma=0.5, arities=adult.arities,
+                                        beta=0.25, d_max=3)
+        assert np.array_equal(cert.radii, front.radii)
+        assert cert.largest_budget == front.largest_budget
+    assert correct >= 4
+
+
+def test_field_choices_equal_the_brute_force_over_subsets(adult):
+    p = np.array([0.6, 0.9, 0.99, 0.996, 0.9995, 0.99995])
+    exact = hc.categorical_frontier(p, sigma=0.5, arities=adult.arities, beta=0.25, d_max=3)
+    from hybridcert.certificate.frontier import categorical_frontier_by_subsets
+
+    brute = categorical_frontier_by_subsets(p, sigma=0.5, arities=adult.arities, beta=0.25,
+                                            d_max=3)
+    assert np.array_equal(exact.radii, brute.radii)
+    assert np.array_equal(exact.largest_budget, brute.largest_budget)
+    assert exact.largest_budget.tolist() == [0, 0, 0, 1, 1, 2]  # Adult's thresholds
+
+
+def _attack(model, data, codes, values, d, radius):
+    """Change the ``d`` fields whose best category lowers the logistic score most, and move the
+    numbers by ``radius`` against the score's gradient (exact for a linear model)."""
+    pipe = model.estimator
+    encode, logreg = pipe[0], pipe[-1]
+    sign = 1.0 if pipe.predict(np.hstack([codes, values])[None])[0] == 1 else -1.0
+
+    def score(c, v):
+        return sign * logreg.decision_function(encode.transform(np.hstack([c, v])[None]))[0]
+
+    options = []
+    for j, arity in enumerate(data.arities):
+        trial = [score(np.r_[codes[:j], [c], codes[j + 1:]], values) for c in range(arity)]
+        options.append((min(trial), j, int(np.argmin(trial))))
+    attacked = codes.copy()
+    for _, j, c in sorted(options)[:d]:
+        attacked[j] = c
+    scale = encode.named_transformers_["numeric"].scale_
+    w = sign * logreg.coef_[0, -values.size:] / scale
+    direction = -w / np.linalg.norm(w)
+    flip_radius = score(attacked, values) / np.linalg.norm(w)  # where the base model flips
+    return attacked, (values + radius * direction).astype(np.float32), flip_radius
+
+
+def test_an_attack_within_the_certified_budget_does_not_flip_the_smoothed_label(
+        adult, small_model):
+    pipe = small_model.estimator
+    X = np.hstack([adult.test.x_discrete[:300], adult.test.x_continuous[:300]])
+    margin = np.abs(pipe.decision_function(X))
+    k = int(np.argmax(np.where(pipe.predict(X) == adult.test.y[:300], margin, -np.inf)))
+    codes, values = adult.test.x_discrete[k], adult.test.x_continuous[k]
+    smooth = smoothed(small_model, adult)
+    n = 4000
+    cert = smooth.certify(codes, values, n0=100, n=n, alpha=ALPHA, d_max=3, random_state=0)
+    assert cert.label == adult.test.y[k] and cert.largest_budget >= 1
+    for d in range(cert.largest_budget + 1):
+        attacked, moved, flip_radius = _attack(small_model, adult, codes, values, d,
+                                               cert.radii[d])
+        assert np.count_nonzero(attacked != codes) == d and flip_radius > 0
+        assert np.linalg.norm(moved - values) <= cert.radii[d] * (1 + 1e-6)
+        count = label_count(small_model, adult, cert.label, attacked, moved, n, seed=d)
+        # Certified: the attacked probability is not provably below 1/2.
+        assert hc.clopper_pearson_upper(count, n, ALPHA) >= 0.5
+        # The attack is real: pushed well past the certified radius it flips the label.
+        _, far, _ = _attack(small_model, adult, codes, values, d, 2.0 * flip_radius)
+        far_count = label_count(small_model, adult, cert.label, attacked, far, n, seed=d)
+        assert hc.clopper_pearson_upper(far_count, n, ALPHA) < 0.5
+        assert cert.radii[d] < 2.0 * flip_radius
+
+
+def test_certify_cli_on_adult_with_an_outside_model(tmp_path, adult, small_model):
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(small_model.estimator))
+    out = tmp_path / "run"
+    assert main(["certify", "--dataset", "adult", "--model", f"sklearn:{path}", "--n", "500",
+                 "--n0", "50", "--alpha", "0.01", "--d-max", "3", "--limit", "3", "--out",
+                 str(out), "--no-progress", "--no-report"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all("radius_d3" in r for r in rows)
+    assert rows[0]["id"] == adult.test.ids[0]
+
+
+def test_experiment_adult_writes_tables_and_figure(tmp_path):
+    from hybridcert.experiment_adult import adult_experiment
+
+    out = tmp_path / "adult"
+    # Logistic regression only: the demo SVM is trained in benchmarks/adult.py, not here.
+    adult_experiment(out, n_examples=3, n=300, n0=30, models=("logreg",), progress=False)
+    text = (out / "adult.md").read_text()
+    for section in ("Clean and certified accuracy", "Certified accuracy against radius: logreg",
+                    "Which budgets n samples can certify",
+                    "Exact minimum over field choices versus brute force", "Certificates equal: yes",
+                    "native-country: 42"):
+        assert section in text, section
+    results = json.loads((out / "adult.json").read_text())
+    assert results["settings"]["beta"] == 0.25 and results["settings"]["alpha"] == 0.01
+    assert set(results["models"]) == {"logreg"}
+    assert results["field_choices"]["equal"]
+    assert results["thresholds"]["fewest samples"]["d=2"] > 300
+    assert (out / "adult_certified_accuracy.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (out / "adult_results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {r["n"] for r in rows} == {300}
+    with pytest.raises(ValueError, match="models must be among"):
+        adult_experiment(out, models=("forest",))
