@@ -19,7 +19,7 @@ import hybridcert as hc
 from hybridcert.cli import main
 from hybridcert.datasets import load_adult, load_dataset, tabular
 from hybridcert.datasets.base import Split
-from hybridcert.models import demo
+from hybridcert.models import SklearnClassifier, demo
 from hybridcert.noise import CategoricalSubstitution
 
 ARITIES = {"workclass": 9, "education": 16, "marital-status": 7, "occupation": 15,
@@ -245,3 +245,37 @@ def test_experiment_adult_writes_tables_and_figure(tmp_path):
     assert len(rows) == 3 and {r["n"] for r in rows} == {300}
     with pytest.raises(ValueError, match="models must be among"):
         adult_experiment(out, models=("forest",))
+
+
+def test_a_model_trained_on_the_raw_file_certifies_through_the_cli(tmp_path, adult):
+    """A pipeline fitted outside the project on pandas' reading of the file (category strings,
+    raw numbers, string labels) is fed the same rows through `SklearnClassifier.for_table`."""
+    pd = pytest.importorskip("pandas")
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    frame = pd.read_csv(metadata.distribution("fairness").locate_file(
+        "fairness/data/raw/adult.csv"))
+    X, y = frame.drop(columns="income-per-year"), frame["income-per-year"]
+    outside = make_pipeline(
+        make_column_transformer((OneHotEncoder(handle_unknown="ignore"), tabular.ADULT_CATEGORICAL),
+                                (StandardScaler(), tabular.ADULT_NUMERIC)),
+        LogisticRegression(max_iter=1000)).fit(X.iloc[:5000], y.iloc[:5000])
+    wrapped = SklearnClassifier.for_table(outside, adult)
+    rows = [int(i.split("-")[1]) for i in adult.test.ids[:500]]
+    expected = (outside.predict(X.iloc[rows]) == ">50K").astype(int)
+    got = wrapped(adult.test.x_discrete[:500], adult.test.x_continuous[:500])
+    assert np.mean(got == expected) > 0.99  # equal up to float32 rounding of the numbers
+    path = tmp_path / "outside.pkl"
+    path.write_bytes(pickle.dumps(outside))
+    out = tmp_path / "run"
+    assert main(["certify", "--dataset", "adult", "--model", f"sklearn:{path}", "--n", "300",
+                 "--n0", "30", "--alpha", "0.01", "--d-max", "3", "--limit", "2", "--out",
+                 str(out), "--no-progress", "--no-report"]) == 0
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["predicted"] for r in results] == expected[:2].tolist()
+    numbers_only = LogisticRegression().fit(X[["age", "hours-per-week"]], y)
+    with pytest.raises(ValueError, match=r"lack \['capital-gain'"):
+        SklearnClassifier.for_table(numbers_only, adult)

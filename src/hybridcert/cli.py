@@ -413,7 +413,9 @@ def _load_model(args, data, tabular, quiet=False):
         from .models import SklearnClassifier
 
         with open(args.model.split(":", 1)[1], "rb") as fh:
-            return SklearnClassifier(pickle.load(fh))
+            estimator = pickle.load(fh)
+        return SklearnClassifier.for_table(estimator, data) if tabular else \
+            SklearnClassifier(estimator)
     raise ValueError(f"--model must be 'demo' or 'sklearn:PATH', got {args.model!r}")
 
 

@@ -224,3 +224,25 @@ def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -
                    card=card, class_names=classes, arities=arities,
                    feature_names=list(categorical) + list(numeric),
                    extras={"levels": levels, "mean": mean, "std": std})
+
+
+def raw_table(data: Dataset, codes, numbers):
+    """A batch of (noisy) encoded rows as a pandas DataFrame in the file's own terms.
+
+    Categories become their strings again and numbers are de-standardised with the training
+    statistics, under the original column names (``data.feature_names``). This is a fixed
+    function of the noisy sample, so a model trained on the raw file (for instance a
+    scikit-learn pipeline fitted on ``pandas.read_csv`` of it) can serve as the base
+    classifier, and the certificate still holds in the standardised units.
+    """
+    import pandas as pd
+
+    codes = np.asarray(codes)
+    numbers = np.asarray(numbers, dtype=np.float64)
+    levels, n_cat = data.extras["levels"], len(data.extras["levels"])
+    columns = {name: np.asarray(lv, dtype=object)[codes[:, j]]
+               for j, (name, lv) in enumerate(zip(data.feature_names, levels))}
+    raw = numbers * np.where(data.extras["std"] > 0, data.extras["std"], 1.0) + data.extras["mean"]
+    columns.update({name: raw[:, j] for j, name in enumerate(data.feature_names[n_cat:])})
+    return pd.DataFrame(columns)
+

@@ -21,13 +21,46 @@ class SklearnClassifier:
         from a noisy batch. Default: the categorical codes followed by the
         numeric columns, ``np.hstack([tokens, continuous])``, which is what
         :func:`hybridcert.models.demo.tabular_pipeline` expects.
+    classes : sequence, optional
+        The label names, in label order, when the estimator predicts names
+        (for instance ``"<=50K"``, ``">50K"``) instead of ``0..num_classes-1``.
+        A prediction that is none of them is an abstention (-1).
     """
 
-    def __init__(self, estimator, features: Callable | None = None):
+    def __init__(self, estimator, features: Callable | None = None, classes=None):
         if not hasattr(estimator, "predict"):
             raise ValueError("estimator must be a fitted scikit-learn classifier (has predict)")
         self.estimator = estimator
         self.features = features
+        self.classes = None if classes is None else {str(c).strip(): k
+                                                     for k, c in enumerate(classes)}
+
+    @classmethod
+    def for_table(cls, estimator, data) -> SklearnClassifier:
+        """Wrap ``estimator`` for a table ``data``, in whichever form it was trained.
+
+        An estimator fitted on a DataFrame with the file's column names
+        (``feature_names_in_``) gets the rows as
+        :func:`hybridcert.datasets.tabular.raw_table` builds them (category
+        strings, numbers in their own units); one fitted on plain arrays gets
+        the codes and standardised numbers. Label names among its ``classes_``
+        are mapped to label indices through ``data.class_names``.
+        """
+        import functools
+
+        from ..datasets.tabular import raw_table
+
+        names = getattr(estimator, "feature_names_in_", None)
+        features = None
+        if names is not None:
+            missing = sorted(set(data.feature_names) - {str(n) for n in names})
+            if missing:
+                raise ValueError(f"the estimator was fitted on columns {list(names)}, which lack "
+                                 f"{missing} of data set {data.name!r}")
+            features = functools.partial(raw_table, data)
+        labels = np.asarray(getattr(estimator, "classes_", np.arange(data.num_classes)))
+        named = not np.issubdtype(labels.dtype, np.integer)
+        return cls(estimator, features=features, classes=data.class_names if named else None)
 
     def __call__(self, tokens, continuous):
         if self.features is not None:
@@ -36,7 +69,10 @@ class SklearnClassifier:
             parts = [as_numpy(p).reshape(len(p), -1).astype(np.float64)
                      for p in (tokens, continuous) if p is not None]
             X = np.hstack(parts)
-        return np.asarray(self.estimator.predict(X)).astype(np.int64)
+        labels = np.asarray(self.estimator.predict(X))
+        if self.classes is not None:
+            return np.array([self.classes.get(str(y).strip(), -1) for y in labels], dtype=np.int64)
+        return labels.astype(np.int64)
 
 
 class TorchClassifier:
