@@ -245,6 +245,8 @@ def test_experiment_adult_writes_tables_and_figure(tmp_path):
     assert len(rows) == 3 and {r["n"] for r in rows} == {300}
     with pytest.raises(ValueError, match="models must be among"):
         adult_experiment(out, models=("forest",))
+    with pytest.raises(ValueError, match="alpha"):
+        adult_experiment(out, alpha=1.5)
 
 
 def test_a_model_trained_on_the_raw_file_certifies_through_the_cli(tmp_path, adult):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validation import check_beta, check_int, check_open_unit, check_positive
 from .certificate.atoms import categorical_atoms, field_choices
 from .certificate.discrete import discrete_bound
 from .certificate.frontier import categorical_frontier, categorical_frontier_by_subsets
@@ -72,6 +73,9 @@ def adult_experiment(out: str | Path, *, n_examples: int = PAPER["examples"],
     """
     from tqdm.auto import tqdm
 
+    n, n0 = check_int("n", n, minimum=1), check_int("n0", n0, minimum=1)
+    alpha = float(check_open_unit("alpha", alpha))
+    beta, sigma = check_beta(beta), float(check_positive("sigma", sigma))
     if not 1 <= d_max <= 8:
         raise ValueError(f"d_max must lie in 1..8 (Adult has 8 categorical fields), got {d_max}")
     for name in models:
