@@ -148,7 +148,7 @@ def claims_hold(smoothed, x, attacked, *, protocol="shared", min_budget=0, seed=
                             random_state=seed)
     assert cert.largest_budget >= min_budget, f"vacuous test: {cert}"
     for d in range(cert.largest_budget + 1):
-        assert smoothed.threat.discrete_distance(x, attacked[d]) == d
+        assert smoothed.discrete_distance(x, attacked[d]) == d
         radius = cert.radius(d)
         assert np.isfinite(radius)
         est = smoothed.estimate(attacked[d], IMAGE + radius * DOWN, n=N_EVAL, alpha=LEVEL,
@@ -248,10 +248,24 @@ def test_restricted_alphabet_the_noise_only_assumption_is_what_an_outside_token_
     cert = assumed.certify(x, IMAGE, n=N_CERT, alpha=1e-3, d_max=1, random_state=0)
     assert cert.largest_budget == 1 and cert.settings["kernel"]["attacker_alphabet"] == "noise"
     est = assumed.estimate(attacked[1], IMAGE, n=N_EVAL, alpha=LEVEL, random_state=1)
-    assert est.upper < 0.5  # the assumption, not the mathematics, is what fails
+    assert est.upper < 0.5  # the assumption, not the mathematics, is what fails ...
+    with pytest.raises(ValueError, match="outside the noise alphabet"):
+        assumed.discrete_distance(x, attacked[1])  # ... and the classifier says it is not covered
     safe = make(outside_filter, UniformSubstitution(0.25, alphabet=alphabet), None, tau=0.5)
     cert = claims_hold(safe, x, attacked)
     assert cert.settings["kernel"]["attacker_alphabet"] == "any"
+
+
+def test_absorbing_an_attacker_who_writes_the_mask_id_is_covered():
+    """Writing the mask id is a garbling of the standard experiment: evaluated, and bounded."""
+    kernel = AbsorbingMask(0.5, mask_id=99)
+    x = CLEAN_TOKENS
+    attacked = attacked_inputs(L0Anywhere(), x, 3, symbol=99)
+
+    def mask_filter(tokens, cont):  # flag unless three masks show: what the attack aims at
+        return (((tokens == 99).sum(axis=1) < 6) & (cont.mean(axis=1) > 0.3)).astype(int)
+
+    claims_hold(make(mask_filter, kernel, L0Anywhere()), x, attacked, min_budget=1)
 
 
 def test_append_only_needs_the_slot_explicitly():
@@ -324,6 +338,16 @@ def test_mmcert_needs_the_channel_axis_and_checks_labels():
                           decision="threshold", tau=0.5)
     with pytest.raises(ValueError, match="channel_axis"):
         ones.certify(np.arange(4), image, n=10)
+    colour = MMCertSmoother(lambda t, x: np.ones(len(t), int), k_text=2, k_image=1, mask_id=99,
+                            channel_axis=-1)
+    with pytest.raises(ValueError, match="label must be < num_classes"):
+        colour.estimate(np.arange(4), image, n=10, label=5)
+    with pytest.raises(ValueError, match="finite"):
+        colour.estimate(np.arange(4), np.full_like(image, np.nan), n=10)
+    with pytest.raises(ValueError, match="n0 must be an integer >= 1"):
+        colour.certify(np.arange(4), image, n0=0, n=10)
+    with pytest.raises(ValueError, match="e_image must lie in"):
+        colour.certify(np.arange(4), image, n=10, e_image=[10])
     for bad, match in ((lambda t, x: np.full(len(t), 0.9), "integer labels"),
                        (lambda t, x: np.ones(len(t) - 1, int), "shape"),
                        (lambda t, x: np.full(len(t), 7), "outside")):
@@ -369,3 +393,67 @@ def test_joint_attack_supports_append_only_and_cannot_beat_a_claim():
         assert np.linalg.norm(r.image - IMAGE) <= r.radius + 1e-6
         if r.d <= cert.largest_budget and r.radius <= cert.radius(r.d):
             assert r.p_upper >= 0.05
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def test_recompute_can_certify_what_abstained_at_another_tau():
+    cert = make(keyword_filter, KERNELS["uniform"](), L0Anywhere(), tau=0.99).certify(
+        CLEAN_TOKENS, IMAGE, n=2000, d_max=1, random_state=0)
+    assert cert.label == -1
+    again = hc.recompute(cert, tau=0.05)
+    fresh = make(keyword_filter, KERNELS["uniform"](), L0Anywhere(), tau=0.05).certify(
+        CLEAN_TOKENS, IMAGE, n=2000, d_max=1, random_state=0)
+    assert again.label == 1 and again.radii == fresh.radii
+    with pytest.raises(TypeError, match="Certificate"):
+        hc.recompute(cert.to_dict(), tau=0.1)
+
+
+def test_torch_classifier_labels_each_sample_on_its_own():
+    torch = pytest.importorskip("torch")
+    from hybridcert.models import TorchClassifier
+
+    class Norm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(4)
+
+        def forward(self, tokens, x):
+            return torch.stack([x.sum(1) * 0, self.norm(x).sum(1)], 1)
+
+    module = Norm()
+    model = TorchClassifier(module)
+    module.train()  # a training loop may leave it so
+    batch = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    assert (model(None, batch)[:8] == model(None, batch[:8])).all()  # no batch statistics
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"discrete_noise": None, "sigma": None}, "nothing is smoothed"),
+    ({"threat": "suffix"}, "threat must be a ThreatRegion"),
+    ({"sigma": "0.5"}, "sigma must be a number"),
+    ({"clamp": (1, 0)}, "low < high"),
+    ({"clamp": (float("nan"), 1)}, "clamp must be finite"),
+    ({"clamp": "01"}, "clamp must be"),
+])
+def test_bad_configuration_is_named(kwargs, match):
+    config = {"discrete_noise": KERNELS["uniform"](), "sigma": SIGMA, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        hc.SmoothedClassifier(keyword_filter, **config)
+
+
+def test_bad_inputs_are_named():
+    assert InPlaceSuffix(2.0).length == 2 and type(AppendOnly(2.0, 0).max_append) is int
+    smoothed = make(keyword_filter, KERNELS["uniform"](), L0Anywhere())
+    with pytest.raises(ValueError, match="int64 range"):
+        smoothed.predict(np.array([1e20, 1.0]), IMAGE, n=10)
+    with pytest.raises(ValueError, match="int64 range"):
+        smoothed.predict(np.array([2**64 - 1, 1], dtype=np.uint64), IMAGE, n=10)
+    with pytest.raises(ValueError, match=r"\[0, vocab_size = 50\)"):
+        smoothed.predict(np.array([60, 1]), IMAGE, n=10)
+    with pytest.raises(TypeError, match="not a string"):
+        smoothed.predict("hello", IMAGE, n=10)
+    assert smoothed.predict(CLEAN_TOKENS, tuple(IMAGE), n=10) in (-1, 0, 1)  # a tuple is an array
+    with pytest.raises(ValueError, match="float array"):
+        smoothed.predict(CLEAN_TOKENS, 3, n=10)

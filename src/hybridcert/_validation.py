@@ -12,7 +12,10 @@ import numpy as np
 
 
 def as_float_array(name: str, value) -> np.ndarray:
-    """Convert to a float64 array; reject NaN and non-numeric input."""
+    """Convert to a float64 array; reject NaN and non-numeric input (strings, bools included)."""
+    raw = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+    if raw is None or raw.dtype == bool or raw.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}")
     try:
         arr = np.asarray(value, dtype=float)
     except (TypeError, ValueError) as err:

@@ -91,8 +91,8 @@ class MMCertSmoother:
         self.k_text = check_int("k_text", k_text, minimum=1)
         self.k_image = check_int("k_image", k_image, minimum=1)
         self.mask_id = check_token_id("mask_id", mask_id)
-        self.channel_axis = None if channel_axis is None else check_token_id("channel_axis",
-                                                                              channel_axis)
+        self.channel_axis = None if channel_axis is None else check_int(
+            "channel_axis", channel_axis, minimum=-32)
         if decision not in ("majority", "threshold"):
             raise ValueError("decision must be 'majority' or 'threshold'")
         if decision == "majority" and tau is not None and tau != 0.5:
@@ -148,10 +148,10 @@ class MMCertSmoother:
                 alpha: float = 0.001, e_text: list[int] | None = None,
                 e_image: list[int] | None = None, random_state=None) -> MMCertCertificate:
         """Certify every pair in ``e_text x e_image`` (element counts modified per modality)."""
-        tokens = as_tokens(x_discrete)
-        image = as_numpy(x_continuous).astype(np.float32)
-        if image.size == 0 or not np.isfinite(image).all():
-            raise ValueError("x_continuous must be a non-empty, finite array (no NaN or inf)")
+        n0 = check_int("n0", n0, minimum=1)
+        n = check_int("n", n, minimum=1)
+        alpha = float(check_open_unit("alpha", alpha))
+        tokens, image = self._inputs(x_discrete, x_continuous)
         n_pixels = self._pixels(image).shape[0]
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         e_text = list(range(tokens.size + 1)) if e_text is None else \
@@ -210,10 +210,19 @@ class MMCertSmoother:
         n = check_int("n", n, minimum=1)
         alpha = float(check_open_unit("alpha", alpha))
         label = self.target_label if label is None else check_int("label", label, minimum=0)
-        tokens = as_tokens(x_discrete)
-        image = as_numpy(x_continuous).astype(np.float32)
+        if label >= self.num_classes:
+            raise ValueError(f"label must be < num_classes ({self.num_classes}), got {label}")
+        tokens, image = self._inputs(x_discrete, x_continuous)
         rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         return Estimate.from_counts(label, self._seen(tokens, image, n, rng), n, alpha)
+
+    def _inputs(self, x_discrete, x_continuous):
+        tokens = as_tokens(x_discrete)
+        image = as_numpy(x_continuous).astype(np.float32)
+        if image.size == 0 or not np.isfinite(image).all():
+            raise ValueError("x_continuous must be a non-empty, finite array (no NaN or inf)")
+        self._pixels(image)  # checks the channel axis
+        return tokens, image
 
     def _seen(self, tokens, image, size, rng):
         return count_labels(self.base_classifier, lambda b: self.ablate(tokens, image, b, rng), size,

@@ -406,7 +406,7 @@ def _load_model(args, data, tabular, quiet=False):
                                       random_state=args.seed, cache=args.cache_dir)
         return demo.mm_interaction_model(data, sigma=args.sigma, beta=args.beta,
                                          random_state=args.seed, cache=args.cache_dir,
-                                         verbose=not quiet)
+                                         verbose=not quiet, kernel=args.kernel)
     if args.model.startswith("sklearn:"):
         import pickle
 

@@ -141,7 +141,7 @@ class InPlaceSuffix(ThreatRegion):
     length: int
 
     def __post_init__(self):
-        check_int("length", self.length, minimum=1)
+        object.__setattr__(self, "length", check_int("length", self.length, minimum=1))
 
     def apply(self, x_discrete):
         tokens = _plain_tokens(self, x_discrete)
@@ -170,7 +170,7 @@ class AppendOnly(ThreatRegion):
     filler: int
 
     def __post_init__(self):
-        check_int("max_append", self.max_append, minimum=1)
+        object.__setattr__(self, "max_append", check_int("max_append", self.max_append, minimum=1))
         object.__setattr__(self, "filler", check_token_id("filler", self.filler))
 
     def apply(self, x_discrete):
@@ -219,6 +219,10 @@ class DiscreteKernel(ABC):
         """
         return attack_atoms(self.attack_spec(tokens, attackable), d)
 
+    def check_attack(self, written: np.ndarray) -> None:
+        """Raise ``ValueError`` if the attacker's model cannot write the symbols ``written``."""
+        return None  # by default the attacker may write any symbol
+
     def describe(self) -> dict:
         return {"kernel": type(self).__name__, "beta": self.beta}
 
@@ -266,7 +270,7 @@ class UniformSubstitution(DiscreteKernel):
                 raise ValueError("alphabet must not contain duplicates")
             object.__setattr__(self, "_sorted", alpha)
             object.__setattr__(self, "vocab_size", int(alpha.size))
-        check_int("vocab_size", self.vocab_size, minimum=2)
+        object.__setattr__(self, "vocab_size", check_int("vocab_size", self.vocab_size, minimum=2))
         if self.attacker_alphabet not in ("any", "noise"):
             raise ValueError(f"attacker_alphabet must be 'any' or 'noise', got {self.attacker_alphabet!r}")
 
@@ -281,6 +285,13 @@ class UniformSubstitution(DiscreteKernel):
         if self._sorted is None and ((tokens < 0) | (tokens >= self.vocab_size)).any():
             raise ValueError(f"noised token ids must lie in [0, vocab_size = {self.vocab_size}); "
                              "for a noise alphabet smaller than the model's vocabulary pass alphabet=")
+
+    def check_attack(self, written):
+        self._check_vocabulary(written)
+        if self.attacker_alphabet == "noise" and (self._index(written) < 0).any():
+            raise ValueError("the attacked input writes symbols outside the noise alphabet, which "
+                             "attacker_alphabet='noise' assumes the attacker cannot do: "
+                             f"{written[self._index(written) < 0].tolist()}")
 
     def sample(self, tokens, noised, n, rng):
         out = np.repeat(tokens[None, :], n, axis=0)
@@ -349,8 +360,9 @@ class AbsorbingMask(DiscreteKernel):
         object.__setattr__(self, "mask_id", check_token_id("mask_id", self.mask_id))
 
     def sample(self, tokens, noised, n, rng):
-        if (tokens[noised] == self.mask_id).any():
-            raise ValueError(f"tokens must not contain the mask id {self.mask_id}")
+        # A mask id already in the input simply stays masked. An attacker who writes it (or a
+        # clean input holding it) induces a garbling of the standard two-symbol experiment,
+        # so the atoms below still bound it.
         out = np.repeat(tokens[None, :], n, axis=0)
         cols = np.flatnonzero(noised)
         masked = rng.random((n, cols.size)) < self.beta
@@ -460,6 +472,19 @@ class GaussianNoise:
 
     def __post_init__(self):
         object.__setattr__(self, "sigma", float(check_positive("sigma", self.sigma)))
+        if self.clamp is not None:
+            if isinstance(self.clamp, (str, bytes)):
+                raise ValueError(f"clamp must be a pair (low, high) of numbers, got {self.clamp!r}")
+            try:
+                low, high = (float(v) for v in self.clamp)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"clamp must be a pair (low, high) of numbers, got {self.clamp!r}") \
+                    from err
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ValueError(f"clamp must be finite with low < high, got {self.clamp!r}")
+            object.__setattr__(self, "clamp", (low, high))
+        if self.denoiser is not None and not callable(self.denoiser):
+            raise ValueError("denoiser must be callable (a batch in, a batch out) or None")
 
     def sample(self, x, n: int, rng: np.random.Generator):
         """``n`` noisy copies of ``x`` (numpy array or torch tensor, same type and device)."""
@@ -520,8 +545,12 @@ def as_tokens(tokens, name: str = "x_discrete", *, allow_empty: bool = False) ->
         raise ValueError(f"{name} must not be empty (the discrete part has no token)")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds token ids beyond the int64 range")
     if not np.issubdtype(arr.dtype, np.integer):
         if np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr)):
+            if np.abs(arr).max() >= 2.0**62:
+                raise ValueError(f"{name} holds token ids beyond the int64 range")
             arr = arr.astype(np.int64)
         else:
             raise ValueError(f"{name} must hold integer token ids, got dtype {arr.dtype} "

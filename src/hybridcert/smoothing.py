@@ -9,6 +9,15 @@ user passed torch tensors. A label the model could not produce properly is
 model turns its whole batch into abstentions. Abstentions are never skipped:
 they count against the certified label.
 
+The base classifier must label each sample on its own: the same sample gets
+the same label (or the same label distribution, for a randomised model)
+whatever else is in its batch and whatever the batch size. A torch module in
+train mode (batch-norm statistics, dropout coupled across the batch) breaks
+this, and with it every certificate; :class:`~hybridcert.models.TorchClassifier`
+puts its module in eval mode at every call. The continuous part reaches the
+model in the container and dtype it was given (numpy or torch, float32 or
+float64); a deployment fixes both, and the certificate is about that choice.
+
 CERTIFY, shared-D (the default): noise the whole threat region once, draw
 ``n0`` samples to pick the label and ``n`` fresh ones to lower-bound its
 probability. That one bound certifies every budget ``d <= d_max``
@@ -205,6 +214,11 @@ class SmoothedClassifier:
             raise ValueError("decision must be 'majority' or 'threshold'")
         if discrete_noise is not None and not isinstance(discrete_noise, DiscreteKernel):
             raise ValueError("discrete_noise must be a DiscreteKernel or None")
+        if discrete_noise is None and sigma is None:
+            raise ValueError("give discrete_noise, sigma or both: with neither nothing is smoothed")
+        if threat is not None and not isinstance(threat, ThreatRegion):
+            raise ValueError("threat must be a ThreatRegion (L0Anywhere(), InPlaceSuffix(D), "
+                             f"AppendOnly(m, filler)), got {threat!r}")
         self.base_classifier = base_classifier
         self.discrete_noise = discrete_noise
         self.sigma = None if sigma is None else float(check_positive("sigma", sigma))
@@ -282,6 +296,24 @@ class SmoothedClassifier:
         return Estimate.from_counts(label, self._counts(self._inputs(x_discrete, x_continuous), n,
                                                         rng), n, alpha)
 
+    def discrete_distance(self, x_discrete, x_attacked) -> int:
+        """The discrete budget ``d`` an attacked input uses; a certificate at ``d`` covers it.
+
+        The threat region's :meth:`~hybridcert.noise.ThreatRegion.discrete_distance`,
+        plus what the kernel assumes the attacker can write (symbols of the
+        vocabulary; with ``attacker_alphabet="noise"``, of the noise alphabet).
+        Raises ``ValueError`` for an input no certificate of this classifier covers.
+        """
+        d = self.threat.discrete_distance(x_discrete, x_attacked)
+        if self.discrete_noise is None:
+            if d:
+                raise ValueError("without discrete noise only d = 0 is covered")
+            return 0
+        seq, _ = self.threat.apply(x_discrete)
+        adv, _ = self.threat.apply(x_attacked)
+        self.discrete_noise.check_attack(adv[seq != adv])
+        return d
+
     def sample(self, x_discrete, x_continuous, n: int, *, random_state=None):
         """``n`` noisy copies of an input, exactly as the base classifier receives them.
 
@@ -355,6 +387,7 @@ class SmoothedClassifier:
         specs = [self._attack_spec(inputs)] * estimates
         settings = {
             "decision": self.decision, "tau": self.tau, "alpha": alpha, "level": level,
+            "counted_label": label,
             "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
             "num_classes": self.num_classes, "threat": self.threat.describe(),
             "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
@@ -382,14 +415,7 @@ class SmoothedClassifier:
             like = x_discrete.trusted if isinstance(x_discrete, AppendInput) else x_discrete
         cont = None
         if x_continuous is not None:  # with sigma None it reaches the model unchanged
-            values = as_numpy(x_continuous)
-            if not np.issubdtype(values.dtype, np.floating):
-                raise ValueError(f"x_continuous must be a float array, got dtype {values.dtype}")
-            if values.size == 0:
-                raise ValueError("x_continuous must not be empty")
-            if not np.isfinite(values).all():
-                raise ValueError("x_continuous must be finite (no NaN or inf)")
-            cont = x_continuous if not isinstance(x_continuous, list) else values
+            cont = _check_continuous(x_continuous)
         return _Inputs(seq, mask, like, cont)
 
     def _attack_spec(self, inputs: _Inputs) -> dict:
@@ -413,6 +439,28 @@ class SmoothedClassifier:
         """Label counts over ``size`` noisy samples, drawn and classified batch by batch."""
         return count_labels(self.base_classifier, lambda b: self._noisy_batch(inputs, b, rng), size,
                             batch_size=self.batch_size, num_classes=self.num_classes)
+
+def _check_continuous(x):
+    """The continuous part as given (a torch tensor stays one), or a ValueError saying why not."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+
+        ok_type, empty = x.is_floating_point(), x.numel() == 0
+        finite = ok_type and not empty and bool(torch.isfinite(x).all())
+        dtype = x.dtype
+    else:
+        x = np.asarray(x)
+        ok_type, empty = np.issubdtype(x.dtype, np.floating), x.size == 0
+        finite = ok_type and not empty and bool(np.isfinite(x).all())
+        dtype = x.dtype
+    if not ok_type:
+        raise ValueError(f"x_continuous must be a float array, got dtype {dtype}")
+    if empty:
+        raise ValueError("x_continuous must not be empty")
+    if not finite:
+        raise ValueError("x_continuous must be finite (no NaN or inf)")
+    return x
+
 
 @dataclass(frozen=True)
 class _Inputs:
@@ -501,10 +549,13 @@ def recompute(cert: Certificate, *, alpha: float | None = None,
               tau: float | None = None) -> Certificate:
     """The same certificate at another ``alpha`` or ``tau``, from its counts (no model call).
 
-    A new ``tau`` applies to the threshold rule only; the selected label is
-    kept, so this is valid as long as ``alpha`` and ``tau`` are chosen without
-    looking at this example's counts.
+    A new ``tau`` applies to the threshold rule only; the label whose samples
+    were counted is kept (so a certificate that abstained at one ``tau`` can
+    certify at another), and this is valid as long as ``alpha`` and ``tau``
+    are chosen without looking at this example's counts.
     """
+    if not isinstance(cert, Certificate):
+        raise TypeError(f"cert must be a Certificate, got {type(cert).__name__}")
     settings = dict(cert.settings)
     if alpha is not None:
         settings["alpha"] = float(check_open_unit("alpha", alpha))
@@ -514,9 +565,11 @@ def recompute(cert: Certificate, *, alpha: float | None = None,
         if settings["decision"] != "threshold":
             raise ValueError("tau can only be changed for decision='threshold'")
         settings["tau"] = float(check_open_unit("tau", tau))
-    p_lowers = [clopper_pearson_lower(k, m, settings["level"]) if cert.label != ABSTAIN else 0.0
+    counted = settings.get("counted_label", cert.label)
+    p_lowers = [clopper_pearson_lower(k, m, settings["level"]) if counted != ABSTAIN else 0.0
                 for k, m in zip(cert.count, cert.n)]
-    return _with_radii(replace(cert, settings=settings, p_lower=min(p_lowers)), p_lowers)
+    return _with_radii(replace(cert, label=counted, settings=settings, p_lower=min(p_lowers)),
+                       p_lowers)
 
 
 def _with_radii(cert: Certificate, p_lowers: list[float]) -> Certificate:

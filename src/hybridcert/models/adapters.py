@@ -92,6 +92,7 @@ class TorchClassifier:
     def __call__(self, tokens, continuous):
         import torch
 
+        self.module.eval()  # per-sample labels: no batch statistics (see hybridcert.smoothing)
         with torch.no_grad():
             tok = None if tokens is None else torch.as_tensor(tokens, device=self.device)
             cont = None if continuous is None else torch.as_tensor(

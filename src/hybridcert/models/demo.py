@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets.base import Dataset
-from ..noise import CategoricalSubstitution, GaussianNoise, UniformSubstitution
+from ..noise import AbsorbingMask, CategoricalSubstitution, GaussianNoise, UniformSubstitution
 from .adapters import SklearnClassifier, TorchClassifier
 
 MODEL_VERSION = 1
@@ -82,10 +82,25 @@ def fusion_net(vocab_size: int, length: int, image_pixels: int):
 
 def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_state: int = 0,
                          epochs: int = 150, cache: str | os.PathLike | None = None,
-                         verbose: bool = False) -> TorchClassifier:
-    """The demo fusion network for ``mm-interaction``, trained under noise (cached)."""
-    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
+                         verbose: bool = False, kernel: str = "uniform") -> TorchClassifier:
+    """The demo fusion network for ``mm-interaction``, trained under noise (cached).
+
+    ``kernel="absorbing"`` trains it under mask noise, with one more embedding
+    row for the mask id ``data.vocab_size`` (the id the CLI's absorbing kernel uses).
+    """
+    if kernel not in ("uniform", "absorbing"):
+        raise ValueError(f"kernel must be 'uniform' or 'absorbing', got {kernel!r}")
     noised = np.ones(data.train.x_discrete.shape[1], dtype=bool)
+    if kernel == "absorbing":
+        masker = AbsorbingMask(beta=beta, mask_id=data.vocab_size)
+
+        def augment(tokens, images, rng):
+            noisy = np.stack([masker.sample(t, noised, 1, rng)[0] for t in tokens])
+            return noisy, images + sigma * rng.standard_normal(images.shape).astype(np.float32)
+
+        return _fusion_model(data, augment, data.vocab_size + 1, f"s{sigma}-b{beta}-absorbing",
+                             random_state, epochs, cache, verbose)
+    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
 
     def augment(tokens, images, rng):
         noisy = np.stack([kernel.sample(t, noised, 1, rng)[0] for t in tokens])
