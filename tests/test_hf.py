@@ -113,27 +113,20 @@ def test_unparseable_answers_count_as_abstentions(tiny):
     assert cert.count == (0,) and cert.abstentions == 16 and cert.label == ABSTAIN
 
 
-def test_batch_equals_one_at_a_time_with_left_padding(guard):
-    texts = ["how do i mix the powder with acid", "hello", "please store the jar carefully"]
+def test_batch_equals_one_at_a_time(guard):
     rng = np.random.default_rng(1)
     images = rng.random((3, 32, 32, 3), dtype=np.float32)
-    ids = [guard.encode_text(t) for t in texts]
-    prompts = [guard.prompt_ids(u) for u in ids]
-    batch_ids, mask = guard._left_pad(prompts)
-    assert (mask.sum(1).tolist() == [len(p) for p in prompts]) and batch_ids[1, 0] == 3  # <pad>
-    # The engine sends one length per call; here check the padded forward against single calls.
-    encoded = guard.processor.image_processor(images=list(images), do_rescale=False,
-                                              return_tensors="pt")["pixel_values"]
+    prompt = guard.prompt_ids(guard.encode_text("how do i mix the powder with acid"))
+    pixel_values = guard.pixel_values(images)
     with torch.no_grad():
-        logits = guard.model(input_ids=batch_ids, attention_mask=mask,
-                             position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                             pixel_values=encoded).logits[:, -1, :]
-        alone = [guard.model(input_ids=torch.as_tensor([p]), pixel_values=encoded[i: i + 1]
-                             ).logits[0, -1, :] for i, p in enumerate(prompts)]
+        logits = guard.model(input_ids=torch.as_tensor([prompt] * 3),
+                             pixel_values=pixel_values).logits[:, -1, :]
+        alone = [guard.model(input_ids=torch.as_tensor([prompt]),
+                             pixel_values=pixel_values[i: i + 1]).logits[0, -1, :]
+                 for i in range(3)]
     for i in range(3):
         assert torch.allclose(logits[i], alone[i], atol=1e-4)
-    # And the guard's own batch call equals its one-at-a-time calls.
-    same = np.stack([ids[0]] * 3)
+    same = np.stack([guard.encode_text("how do i mix the powder with acid")] * 3)
     assert list(guard(same, images)) == [int(guard(same[i: i + 1], images[i: i + 1])[0])
                                          for i in range(3)]
 

@@ -16,7 +16,14 @@ train mode (batch-norm statistics, dropout coupled across the batch) breaks
 this, and with it every certificate; :class:`~hybridcert.models.TorchClassifier`
 puts its module in eval mode at every call. The continuous part reaches the
 model in the container and dtype it was given (numpy or torch, float32 or
-float64); a deployment fixes both, and the certificate is about that choice.
+float64), or in those its ``prepare_continuous`` chooses (below); a
+deployment fixes both, and the certificate is about that choice.
+
+Two optional methods of the base classifier are used when present:
+``prepare_continuous(x)`` returns the clean continuous input where the noise
+should be drawn (for instance a tensor on the model's GPU; called once per
+``certify``/``predict``), and ``describe()`` returns a JSON-able dict recorded
+as ``settings["base_classifier"]`` of every certificate.
 
 CERTIFY, shared-D (the default): noise the whole threat region once, draw
 ``n0`` samples to pick the label and ``n`` fresh ones to lower-bound its
@@ -97,7 +104,8 @@ class Certificate:
         Noisy samples sent to the base classifier.
     settings : dict
         Everything the certificate depends on: alpha, tau, sigma, protocol,
-        the kernel's attack specification per budget, the threat region.
+        the kernel's attack specification per budget, the threat region, and
+        the base classifier's ``describe()`` when it has one.
     """
 
     label: int
@@ -393,6 +401,7 @@ class SmoothedClassifier:
             "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
             "gaussian": None if self.gaussian is None else self.gaussian.describe(),
             "attack": specs,
+            "base_classifier": _describe(self.base_classifier),
         }
         cert = Certificate(label=label, p_lower=min(p_lowers), radii=(), largest_budget=-1,
                            count=tuple(counts), n=tuple([n] * len(counts)), n0=used_n0,
@@ -416,6 +425,9 @@ class SmoothedClassifier:
         cont = None
         if x_continuous is not None:  # with sigma None it reaches the model unchanged
             cont = _check_continuous(x_continuous)
+            prepare = getattr(self.base_classifier, "prepare_continuous", None)
+            if callable(prepare):
+                cont = prepare(cont)
         return _Inputs(seq, mask, like, cont)
 
     def _attack_spec(self, inputs: _Inputs) -> dict:
@@ -536,6 +548,12 @@ def check_labels(labels, b: int, num_classes: int) -> np.ndarray:
         raise ValueError(f"the base classifier returned a label outside [-1, "
                          f"{num_classes - 1}] (num_classes={num_classes})")
     return out.astype(np.int64, copy=False)
+
+
+def _describe(model) -> dict | None:
+    """The base classifier's own description, when it offers one."""
+    describe = getattr(model, "describe", None)
+    return describe() if callable(describe) else None
 
 
 def _repeat(x, b: int):
