@@ -142,6 +142,170 @@ def test_certify_end_to_end_with_recorded_alphabet(guard):
     assert cert.model_calls == 64 and len(cert.radii) == 3
 
 
+def _noisy_images(n, seed, eight_bit=False):
+    """Images as the engine draws them: a clean image plus Gaussian noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    clean = rng.random((32, 32, 3), dtype=np.float32)
+    noisy = np.clip(clean + 0.5 * rng.standard_normal((n, 32, 32, 3), dtype=np.float32), 0, 1)
+    return np.round(noisy * 255) / 255 if eight_bit else noisy
+
+
+def test_device_path_reproduces_the_processors_pixel_values(guard):
+    assert guard.image_path == "device" and guard.native_size == (32, 32)
+    ip = guard.processor.image_processor
+    noisy = _noisy_images(16, seed=2)
+    ours = guard.pixel_values(torch.as_tensor(noisy)).numpy()
+    # At the processor's resolution its resize and center-crop are identities; without them its
+    # own pipeline (rescale, normalise) gives the same values as the torch ops.
+    theirs = ip(images=list(noisy), do_rescale=False, do_resize=False, do_center_crop=False,
+                return_tensors="np")["pixel_values"]
+    assert ours.shape == theirs.shape == (16, 3, 32, 32)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    # The full default pipeline equals it too on 8-bit images. On float images its PIL resize
+    # truncates to 8 bits (the old path's hidden quantisation): at most one level per pixel.
+    full = ip(images=list(noisy), do_rescale=False, return_tensors="np")["pixel_values"]
+    level = 1 / 255 / min(ip.image_std)
+    assert 0 < np.abs(ours - full).max() <= level + 1e-5
+    eight = _noisy_images(16, seed=3, eight_bit=True)
+    full8 = ip(images=list(eight), do_rescale=False, return_tensors="np")["pixel_values"]
+    assert np.abs(guard.pixel_values(eight).numpy() - full8).max() <= 1e-5
+
+
+def test_device_and_processor_paths_decide_alike(tiny):
+    device = HFSafetyGuard.from_pretrained(tiny, policy=POLICY)
+    processor = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, image_path="processor")
+    assert (device.image_path, processor.image_path) == ("device", "processor")
+    images = _noisy_images(48, seed=4, eight_bit=True)  # the processor's own pipeline is exact
+    tokens = np.stack([device.encode_text("how do i mix the powder with acid")] * 48)
+    # Centre the Unsafe-Safe margin on these images, so that the decisions split.
+    margin = device.model(input_ids=torch.as_tensor([device.prompt_ids(tokens[0])] * 48),
+                          pixel_values=device.pixel_values(images)).logits[:, -1, :].detach()
+    gap = torch.logsumexp(margin[:, device.unsafe_ids], -1) - \
+        torch.logsumexp(margin[:, device.safe_ids], -1)
+    bias = torch.zeros(len(device.tokenizer))
+    bias[device.safe_ids] = float(gap.median())
+    hooks = [g.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: out + bias) for g in (device, processor)]
+    try:
+        ours = device(tokens, torch.as_tensor(images))
+        theirs = processor(tokens, images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert 10 <= ours.sum() <= 38 and list(ours) == list(theirs)
+
+
+def test_certify_draws_the_noise_on_the_models_device(guard, monkeypatch):
+    seen = []
+    original = guard.pixel_values
+    monkeypatch.setattr(guard, "pixel_values", lambda images: seen.append(images) or
+                        original(images))
+    smooth = SmoothedClassifier(guard, sigma=0.25, decision="threshold", tau=0.1, clamp=(0, 1),
+                                discrete_noise=UniformSubstitution(0.25, alphabet=guard.alphabet),
+                                batch_size=16, random_state=0)
+    cert = smooth.certify(guard.encode_text("hello there"), np.full((32, 32, 3), 0.5, np.float32),
+                          n=32, d_max=1)
+    assert len(seen) == 2 and all(isinstance(x, torch.Tensor) and x.device.type == "cpu"
+                                  and x.dtype == torch.float32 for x in seen)
+    described = cert.settings["base_classifier"]
+    assert described["image_path"] == "device" and "[0, 1] at 32x32" in described["pixel_space"]
+
+
+def test_unreproducible_processors_keep_the_processor_path_and_say_so(tiny, caplog):
+    from transformers import AutoProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    class TilingImageProcessor(CLIPImageProcessorPil):  # a processor the device path does not know
+        pass
+
+    processor = AutoProcessor.from_pretrained(tiny)
+    processor.image_processor = TilingImageProcessor(**processor.image_processor.to_dict())
+    model = HFSafetyGuard.from_pretrained(tiny, policy=POLICY).model
+    with caplog.at_level("WARNING", logger="hybridcert.models.hf"):
+        guard = HFSafetyGuard(model, processor, policy=POLICY)
+        images = _noisy_images(4, seed=5)
+        guard(np.stack([guard.encode_text("hello there")] * 4), images)
+        guard(np.stack([guard.encode_text("hello there")] * 4), images)
+    first = images[0]
+    assert guard.image_path == "processor" and guard.prepare_continuous(first) is first
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "TilingImageProcessor" in caplog.text and "processor path" in caplog.text
+    with pytest.raises(ValueError, match="image_path='device' is not available"):
+        HFSafetyGuard(model, processor, policy=POLICY, image_path="device")
+
+
+class _SmallDevice:
+    """A forward pre-hook that raises out-of-memory above ``limit`` samples, as a GPU would."""
+
+    def __init__(self, limit):
+        self.limit, self.sizes = limit, []
+
+    def __call__(self, module, args, kwargs):
+        size = len(kwargs["input_ids"])
+        self.sizes.append(size)
+        if size > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated, {size} > {self.limit})")
+
+
+def test_auto_batch_size_halves_after_out_of_memory(tiny):
+    reference = HFSafetyGuard.from_pretrained(tiny, policy=POLICY)
+    guard = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, max_batch_size="auto")
+    device = _SmallDevice(limit=12)
+    guard.model.register_forward_pre_hook(device, with_kwargs=True)
+    images = torch.as_tensor(_noisy_images(50, seed=6))
+    tokens = np.stack([guard.encode_text("how do i mix the powder")] * 50)
+    labels = guard(tokens, images)
+    assert device.sizes == [50, 25, 12, 12, 12, 12, 2] and guard.forward_batch_size == 12
+    assert list(labels) == list(reference(tokens, images))
+    # The engine draws its noise in its own batches, so the certificate is the same as with a
+    # fixed forward size that fits: the halving never reaches the noise streams.
+    certs = []
+    for g in (guard, HFSafetyGuard.from_pretrained(tiny, policy=POLICY, max_batch_size=12)):
+        smooth = SmoothedClassifier(g, sigma=0.25, decision="threshold", tau=0.1, clamp=(0, 1),
+                                    discrete_noise=UniformSubstitution(0.5, alphabet=g.alphabet),
+                                    batch_size=40, random_state=0)
+        certs.append(smooth.certify(g.encode_text("hello there"),
+                                    np.full((32, 32, 3), 0.5, np.float32), n=80, d_max=1))
+    assert certs[0] == certs[1] and certs[0].errors == 0
+    assert certs[0].settings["base_classifier"]["forward_batch_size"] == 12
+    assert certs[0].settings["base_classifier"]["max_batch_size"] == "auto"
+
+
+def test_out_of_memory_without_auto_or_at_one_sample_is_raised(tiny):
+    images = torch.as_tensor(_noisy_images(4, seed=7))
+    for max_batch_size, limit in ((None, 2), ("auto", 0)):
+        guard = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, max_batch_size=max_batch_size)
+        guard.model.register_forward_pre_hook(_SmallDevice(limit), with_kwargs=True)
+        with pytest.raises(torch.OutOfMemoryError):
+            guard(np.stack([guard.encode_text("hello there")] * 4), images)
+    with pytest.raises(ValueError, match="max_batch_size must be"):
+        HFSafetyGuard.from_pretrained(tiny, policy=POLICY, max_batch_size=0)
+
+
+def test_dtype_choices_and_float32_answer_logits(tiny):
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        HFSafetyGuard.from_pretrained(tiny, policy=POLICY, dtype="float16")
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        HFSafetyGuard.from_pretrained(tiny, policy=POLICY, dtype="int8")
+    assert HFSafetyGuard.from_pretrained(tiny, policy=POLICY, dtype="auto").describe()[
+        "dtype"] == "float32"
+    half = HFSafetyGuard.from_pretrained(tiny, policy=POLICY, dtype="bfloat16")
+    assert half.describe()["dtype"] == "bfloat16" and half.model.dtype == torch.bfloat16
+    images = _noisy_images(6, seed=8)
+    tokens = np.stack([half.encode_text("how do i mix the powder")] * 6)
+    seen = []
+    hook = half.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append((args[0].dtype, out.dtype)))
+    try:
+        half(tokens, images)
+    finally:
+        hook.remove()
+    # The head's input is bfloat16 (the model's), its output (the logits) float32.
+    assert seen == [(torch.bfloat16, torch.float32)]
+    weight = half.model.get_output_embeddings().weight
+    assert weight.dtype == torch.bfloat16 and half._head32[0].dtype == torch.float32
+
+
 def _hateful_memes(root):
     from PIL import Image
 
