@@ -355,6 +355,32 @@ def test_cli_certifies_with_an_hf_guard(tiny, tmp_path):
     assert settings["guard"]["alphabet_size"] > 100 and (out / "report.md").exists()
 
 
+def test_cli_hf_options_dtype_auto_batch_and_attacker_alphabet(tiny, tmp_path, capsys):
+    root = _hateful_memes(tmp_path / "memes")
+    out = tmp_path / "run"
+    assert main(["certify", "--model", f"hf:{tiny}", "--dataset", "hateful-memes", "--data-path",
+                 str(root), "--n", "8", "--batch-size", "auto", "--dtype", "auto", "--d-max", "1",
+                 "--out", str(out), "--no-progress", "--no-report", "--limit", "1"]) == 0
+    assert "forward batch size settled at 8" in capsys.readouterr().out
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["batch_size"] == "auto" and settings["dtype"] == "float32"
+    assert settings["attacker_alphabet"] == "any" and settings["guard"]["image_path"] == "device"
+    [row] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert row["settings"]["kernel"]["attacker_alphabet"] == "any"
+    assert row["settings"]["base_classifier"]["forward_batch_size"] == 8
+    noise = tmp_path / "noise"
+    assert main(["certify", "--model", f"hf:{tiny}", "--dataset", "hateful-memes", "--data-path",
+                 str(root), "--n", "8", "--attacker-alphabet", "noise", "--d-max", "1",
+                 "--out", str(noise), "--no-progress", "--no-report", "--limit", "1"]) == 0
+    [row] = [json.loads(line) for line in (noise / "results.jsonl").read_text().splitlines()]
+    assert row["settings"]["kernel"]["attacker_alphabet"] == "noise"
+    with pytest.raises(SystemExit):
+        main(["certify", "--model", f"hf:{tiny}", "--batch-size", "many"])
+    with pytest.raises(SystemExit):
+        main(["certify", "--batch-size", "auto", "--n", "8"])
+    assert "--batch-size auto applies to hf: guards" in capsys.readouterr().err
+
+
 def test_llava_onevision_model_loads_through_the_auto_class(tmp_path):
     """The OneVision *model* needs no torchvision and loads like LLaVA-Guard's; its processor
     does (its video processor imports torchvision, which has no CPU build here), so the

@@ -86,6 +86,9 @@ def _add_certify(commands) -> None:
     p.add_argument("--hf-rule", choices=("logit_mass", "generate"), default="logit_mass",
                    help="how an hf: guard decides: Safe/Unsafe next-token mass, or generation")
     p.add_argument("--device", default="cpu", help="device of an hf: guard (cpu, cuda, ...)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                   help="precision of an hf: guard (auto: bfloat16 on CUDA, float32 otherwise; "
+                        "float16 needs CUDA). The logit-mass rule's logits are float32")
     p.add_argument("--image-size", type=int, default=None,
                    help="resize images of on-disk data sets to this size (default: the "
                         "processor's)")
@@ -124,7 +127,10 @@ def _add_certify(commands) -> None:
                         "MMCert-style ablation runs in `hybridcert experiment paper`")
     p.add_argument("--protocol", choices=("shared", "per_budget"), default="shared",
                    help="shared-D (one estimate for all budgets) or the published loop over d")
-    p.add_argument("--batch-size", type=int, default=1000, help="samples per model call (1000)")
+    p.add_argument("--batch-size", type=_batch_size, default=1000,
+                   help="samples per model call (1000). 'auto' (hf: guards): noise is drawn "
+                        f"{AUTO_BATCH} samples at a time and the guard halves its forward "
+                        "batch after an out-of-memory error; the size it settles on is recorded")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and noise (0)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="run examples here (local) or on Ray actors, one model replica each "
@@ -144,6 +150,18 @@ def _add_certify(commands) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_certify)
+
+
+AUTO_BATCH = 1024  # noise samples per engine batch under --batch-size auto
+
+
+def _batch_size(text: str):
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
 
 
 def _add_experiment(commands) -> None:
@@ -244,6 +262,8 @@ def _prepare(args, quiet: bool = False):
                          f"untrusted slot of --threat-size symbols; the {args.model} model reads "
                          "the data set's fixed-length inputs. Certify such a model from Python "
                          "with threat=AppendOnly(m, filler) and hybridcert.AppendInput(trusted)")
+    if args.batch_size == "auto":
+        raise ValueError("--batch-size auto applies to hf: guards; give an integer")
     if args.dataset == "adult":
         from .datasets import load_adult
 
@@ -321,6 +341,10 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
                           max_in_flight=args.max_in_flight, **common)
     else:
         certify_split(smoothed, split, out, settings, **common)
+        forward = getattr(smoothed.base_classifier, "forward_batch_size", None)
+        if settings.get("batch_size") == "auto" and forward:
+            print(f"forward batch size settled at {forward} (recorded in each row's "
+                  "settings.base_classifier)")
     if not args.no_report:
         from .report import write_report
 
@@ -353,8 +377,11 @@ def _prepare_hf(args, quiet: bool = False):
         raise ValueError("--model hf: certifies --threat l0 (any token of the user text); "
                          "other threat regions need the Python API")
     name = args.model.split(":", 1)[1]
+    auto = args.batch_size == "auto"
     guard = HFSafetyGuard.from_pretrained(name, policy=args.policy or DEFAULT_POLICY,
-                                          rule=args.hf_rule, device=args.device)
+                                          rule=args.hf_rule, device=args.device, dtype=args.dtype,
+                                          max_batch_size="auto" if auto else None)
+    # The one resize, on load: the pixel space of the noise and of the L2 radius.
     size = args.image_size or guard._processor_image_size()
     if args.dataset == "hateful-memes":
         raw = [(e.id, e.text, load_image(e.image_path, size), e.label)
@@ -382,7 +409,8 @@ def _prepare_hf(args, quiet: bool = False):
                                  attacker_alphabet=args.attacker_alphabet)
     settings = {
         "dataset": args.dataset, "model": args.model, "guard": guard.describe(),
-        "kernel": "uniform", "attacker_alphabet": args.attacker_alphabet, "beta": args.beta,
+        "dtype": guard.describe()["dtype"], "kernel": "uniform",
+        "attacker_alphabet": args.attacker_alphabet, "beta": args.beta,
         "sigma": args.sigma, "decision": "threshold",
         "tau": args.tau, "target_label": 1, "n0": args.n0, "n": args.n, "alpha": args.alpha,
         "d_max": args.d_max, "threat": "l0", "protocol": args.protocol, "image_size": size,
@@ -393,7 +421,8 @@ def _prepare_hf(args, quiet: bool = False):
         _announce(settings)
     smoothed = SmoothedClassifier(guard, discrete_noise=kernel, sigma=args.sigma,
                                   decision="threshold", target_label=1, tau=args.tau,
-                                  clamp=(0.0, 1.0), batch_size=args.batch_size)
+                                  clamp=(0.0, 1.0),
+                                  batch_size=AUTO_BATCH if auto else args.batch_size)
     return smoothed, split, settings
 
 
