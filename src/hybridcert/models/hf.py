@@ -457,7 +457,7 @@ class HFSafetyGuard:
         # Gaussian noise leaves [0, 1]; image processors expect it. Clipping is post-processing
         # of the noisy sample (part of the base classifier), so the certificate stays valid.
         if self.image_path == "device" and tuple(images.shape[1:3]) == tuple(self.native_size):
-            pixels = torch.as_tensor(images, device=self.device).float().clamp(0.0, 1.0)
+            pixels = torch.as_tensor(images, device=self.device)
             return self._affine_pixels(pixels, self.device).to(self.model.dtype)
         pixels = np.clip(as_numpy(images).astype(np.float32), 0.0, 1.0)
         encoded = self.processor.image_processor(images=list(pixels), do_rescale=False,
@@ -465,9 +465,16 @@ class HFSafetyGuard:
         return encoded["pixel_values"].to(self.device, self.model.dtype)
 
     def _affine_pixels(self, pixels, device):
-        """(B, H, W, 3) in [0, 1] -> the processor's (B, 3, H, W) values, float32."""
+        """(B, H, W, 3) -> the processor's (B, 3, H, W) values of the image clipped to [0, 1],
+        float32: two passes (map, then clip in the mapped space, the same per channel)."""
+        import torch
+
         scale, shift = (t.to(device) for t in self._affine)
-        return (pixels.permute(0, 3, 1, 2) * scale + shift).contiguous()
+        out = torch.empty((len(pixels), 3, *pixels.shape[1:3]), dtype=torch.float32,
+                          device=device)
+        torch.addcmul(shift, pixels.permute(0, 3, 1, 2).float(), scale, out=out)
+        low, high = torch.minimum(shift, shift + scale), torch.maximum(shift, shift + scale)
+        return out.clamp_(low, high)
 
     def _decide(self, input_ids, pixel_values):
         """Labels (a long tensor on the device) for one forward micro-batch."""
