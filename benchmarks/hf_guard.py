@@ -16,7 +16,9 @@ For every batch size it reports noisy samples per second, the share of wall
 time spent outside the model's forward pass (timed by hooks on the model,
 synchronised on CUDA), that time per sample, and the peak device memory.
 ``auto`` is ``--batch-size auto``: noise drawn 1024 at a time, the forward
-micro-batch halved after out-of-memory errors, and the size it settled on.
+micro-batch halved after out-of-memory errors, and the size it settled on
+(its row certifies at least 1024 samples, one full engine batch, after a
+warm-up run that does the search).
 
 Models are built from configs with random weights; nothing is downloaded.
 
@@ -197,7 +199,9 @@ def run_shape(name, model, processor, device, dtype, batches, n, policy_tokens,
     for batch in batches:
         for path in ("processor", "device") if batch != "auto" else ("device",):
             guard = guards[path, batch == "auto"]
-            result = measure(guard, clock, image, batch, n, device, repeats)
+            # auto: at least one full engine batch, so that the forward size search is real.
+            samples = max(n, AUTO_BATCH) if batch == "auto" else n
+            result = measure(guard, clock, image, batch, samples, device, repeats)
             rows.append({"shape": name, "dtype": str(guard.model.dtype).removeprefix("torch."),
                          "prompt": prompt, "path": path, "batch": batch, **result})
             print_row(rows[-1])
@@ -253,8 +257,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for torch (1: small ops on a shared CPU pay more for "
                              "waking threads than they gain)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats per row; the fastest is reported (3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per row; the fastest is reported (3 on CPU, 1 on "
+                             "CUDA)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
@@ -262,6 +267,7 @@ def main(argv=None) -> None:
     batches = [b if b == "auto" else int(b) for b in
                (args.batch_sizes or (["16", "64", "auto"] if cuda else ["64", "256"]))]
     n = args.n or (256 if cuda else 2048)
+    args.repeats = args.repeats or (1 if cuda else 3)
     dtype = torch.bfloat16 if cuda else torch.float32
     print(f"hf guard benchmark: device {args.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, torch "

@@ -208,7 +208,8 @@ def test_certify_draws_the_noise_on_the_models_device(guard, monkeypatch):
     assert len(seen) == 2 and all(isinstance(x, torch.Tensor) and x.device.type == "cpu"
                                   and x.dtype == torch.float32 for x in seen)
     described = cert.settings["base_classifier"]
-    assert described["image_path"] == "device" and "[0, 1] at 32x32" in described["pixel_space"]
+    assert described["image_path"] == "device" and "[0, 1]" in described["pixel_space"]
+    assert "to 32x32 (the processor's resolution)" in described["pixel_space"]
 
 
 def test_unreproducible_processors_keep_the_processor_path_and_say_so(tiny, caplog):
@@ -232,6 +233,25 @@ def test_unreproducible_processors_keep_the_processor_path_and_say_so(tiny, capl
     assert "TilingImageProcessor" in caplog.text and "processor path" in caplog.text
     with pytest.raises(ValueError, match="image_path='device' is not available"):
         HFSafetyGuard(model, processor, policy=POLICY, image_path="device")
+
+
+def test_images_off_the_processors_resolution_take_the_processor_path(tiny, tmp_path, caplog):
+    from PIL import Image
+
+    guard = HFSafetyGuard.from_pretrained(tiny, policy=POLICY)
+    Image.fromarray(np.full((50, 40, 3), 200, np.uint8)).save(tmp_path / "photo.png")
+    loaded = guard.load_image(tmp_path / "photo.png")
+    assert loaded.shape == (32, 32, 3) and np.allclose(loaded, 200 / 255)
+    assert isinstance(guard.prepare_continuous(loaded), torch.Tensor)
+    large = np.full((40, 40, 3), 0.5, np.float32)
+    with caplog.at_level("WARNING", logger="hybridcert.models.hf"):
+        assert guard.prepare_continuous(large) is large
+        assert guard.prepare_continuous(large) is large
+    assert len(caplog.records) == 1 and "load_image" in caplog.text
+    # The processor resizes it (noise drawn at 40x40: the certificate's pixel space is then the
+    # caller's image), and the guard still decides.
+    labels = guard(np.stack([guard.encode_text("hello there")] * 2), np.stack([large] * 2))
+    assert labels.shape == (2,) and set(labels) <= {0, 1}
 
 
 class _SmallDevice:

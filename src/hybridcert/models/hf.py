@@ -253,9 +253,10 @@ class HFSafetyGuard:
                 "alphabet_sha1": hashlib.sha1(self.alphabet.tobytes()).hexdigest()[:12],
                 "model": type(self.model).__name__, "policy_sha1":
                     hashlib.sha1(self.policy.encode()).hexdigest()[:12],
-                "pixel_space": f"RGB (H, W, 3) in [0, 1] at {size} (the processor's "
-                               "resolution; images are resized once, on load); sigma and the "
-                               "L2 radius are in this space",
+                "pixel_space": "RGB (H, W, 3) in [0, 1], the image as the engine receives "
+                               f"it: resized once, on load, to {size} (the processor's "
+                               "resolution) by load_image and the CLI; sigma and the L2 "
+                               "radius are in this space",
                 "image_path": self.image_path,
                 "dtype": str(getattr(self.model, "dtype", torch.float32)).removeprefix("torch."),
                 "max_batch_size": self.max_batch_size,
