@@ -154,33 +154,56 @@ class ForwardClock:
         self.seconds += time.perf_counter() - self._start
 
 
-def measure(guard: HFSafetyGuard, clock: ForwardClock, image: np.ndarray, batch, n: int,
-            device: str, repeats: int) -> dict:
-    """Certify one example with ``n`` noisy samples; times, throughput and peak memory."""
-    cuda = str(device).startswith("cuda")
-    engine_batch = AUTO_BATCH if batch == "auto" else batch
-    smooth = SmoothedClassifier(guard, sigma=0.5, clamp=(0.0, 1.0), decision="threshold",
-                                tau=0.01, batch_size=engine_batch, random_state=0,
-                                discrete_noise=UniformSubstitution(0.25, alphabet=guard.alphabet))
-    tokens = guard.encode_text(USER_TEXT)
-    smooth.certify(tokens, image, n=min(n, engine_batch), d_max=1)  # warm-up (and OOM search)
+def smoother(guard: HFSafetyGuard, batch) -> SmoothedClassifier:
+    return SmoothedClassifier(guard, sigma=0.5, clamp=(0.0, 1.0), decision="threshold",
+                              tau=0.01, batch_size=AUTO_BATCH if batch == "auto" else batch,
+                              random_state=0,
+                              discrete_noise=UniformSubstitution(0.25, alphabet=guard.alphabet))
+
+
+def timed_certify(smooth: SmoothedClassifier, clock: ForwardClock, tokens, image, n: int,
+                  cuda: bool) -> tuple[float, float]:
+    """(wall seconds, seconds inside the forward pass) of one certification with ``n`` samples."""
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    timings = []
-    for _ in range(repeats):  # the fastest repeat: the least disturbed by other processes
-        clock.seconds = 0.0
-        start = time.perf_counter()
-        smooth.certify(tokens, image, n=n, d_max=1)
+    clock.seconds = 0.0
+    start = time.perf_counter()
+    smooth.certify(tokens, image, n=n, d_max=1)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, clock.seconds
+
+
+def measure(rows: dict, clock: ForwardClock, image: np.ndarray, n: int, device: str,
+            repeats: int) -> dict:
+    """Time the rows' guards in turn, ``repeats`` rounds (interleaved, so that a disturbance
+    by other processes hits every row alike); each component's fastest round is reported."""
+    cuda = str(device).startswith("cuda")
+    smooths = {key: smoother(guard, key[1]) for key, guard in rows.items()}
+    samples = {key: max(n, AUTO_BATCH) if key[1] == "auto" else n for key in rows}
+    peaks, timings = {}, {key: [] for key in rows}
+    tokens = next(iter(rows.values())).encode_text(USER_TEXT)
+    for key, smooth in smooths.items():
+        # Warm-up, and under auto the forward size search; then the peak memory of one run.
+        smooth.certify(tokens, image, n=min(samples[key], smooth.batch_size), d_max=1)
         if cuda:
             torch.cuda.synchronize()
-        timings.append((time.perf_counter() - start, clock.seconds))
-    wall, forward = min(timings)
-    outside = wall - forward
-    return {"samples": n, "per_s": n / wall, "outside_share": outside / wall,
-            "outside_ms": 1e3 * outside / n, "forward_ms": 1e3 * forward / n,
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "forward_batch": guard.forward_batch_size}
+            torch.cuda.reset_peak_memory_stats()
+        timings[key].append(timed_certify(smooth, clock, tokens, image, samples[key], cuda))
+        peaks[key] = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    for _ in range(repeats - 1):
+        for key, smooth in smooths.items():
+            timings[key].append(timed_certify(smooth, clock, tokens, image, samples[key], cuda))
+    out = {}
+    for key, times in timings.items():
+        m = samples[key]
+        wall = min(w for w, _ in times)
+        outside = min(w - f for w, f in times)
+        forward = min(f for _, f in times)
+        out[key] = {"samples": m, "per_s": m / wall, "outside_share": outside / (outside + forward),
+                    "outside_ms": 1e3 * outside / m, "forward_ms": 1e3 * forward / m,
+                    "peak_gib": peaks[key], "forward_batch": rows[key].forward_batch_size}
+    return out
 
 
 def run_shape(name, model, processor, device, dtype, batches, n, policy_tokens,
@@ -197,12 +220,10 @@ def run_shape(name, model, processor, device, dtype, batches, n, policy_tokens,
     image = np.random.default_rng(0).random((*some.native_size, 3), dtype=np.float32)
     rows = []
     for batch in batches:
-        for path in ("processor", "device") if batch != "auto" else ("device",):
-            guard = guards[path, batch == "auto"]
-            # auto: at least one full engine batch, so that the forward size search is real.
-            samples = max(n, AUTO_BATCH) if batch == "auto" else n
-            result = measure(guard, clock, image, batch, samples, device, repeats)
-            rows.append({"shape": name, "dtype": str(guard.model.dtype).removeprefix("torch."),
+        paths = ("processor", "device") if batch != "auto" else ("device",)
+        keys = {(path, batch): guards[path, batch == "auto"] for path in paths}
+        for (path, _), result in measure(keys, clock, image, n, device, repeats).items():
+            rows.append({"shape": name, "dtype": str(model.dtype).removeprefix("torch."),
                          "prompt": prompt, "path": path, "batch": batch, **result})
             print_row(rows[-1])
     return rows
@@ -249,7 +270,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shapes", nargs="+", default=None, choices=("tiny", "0.5b", "7b"),
                         help="default: tiny on CPU, 0.5b and 7b on CUDA")
     parser.add_argument("--batch-sizes", nargs="+", default=None,
-                        help="integers and/or 'auto' (default: 64 256 on CPU, 16 64 auto on CUDA)")
+                        help="integers and/or 'auto' (default: 64 256 auto on CPU, 16 64 auto on CUDA)")
     parser.add_argument("--n", type=int, default=None,
                         help="noisy samples per row (default 2048 on CPU, 256 on CUDA)")
     parser.add_argument("--policy-tokens", type=int, default=None,
@@ -258,21 +279,21 @@ def main(argv=None) -> None:
                         help="CPU threads for torch (1: small ops on a shared CPU pay more for "
                              "waking threads than they gain)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed repeats per row; the fastest is reported (3 on CPU, 1 on "
-                             "CUDA)")
+                        help="timed rounds per row, interleaved between the rows of a batch "
+                             "size; each component's fastest is reported (5 on CPU, 1 on CUDA)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cuda = args.device.startswith("cuda")
     shapes = args.shapes or (["0.5b", "7b"] if cuda else ["tiny"])
     batches = [b if b == "auto" else int(b) for b in
-               (args.batch_sizes or (["16", "64", "auto"] if cuda else ["64", "256"]))]
+               (args.batch_sizes or (["16", "64", "auto"] if cuda else ["64", "256", "auto"]))]
     n = args.n or (256 if cuda else 2048)
-    args.repeats = args.repeats or (1 if cuda else 3)
+    args.repeats = args.repeats or (1 if cuda else 5)
     dtype = torch.bfloat16 if cuda else torch.float32
     print(f"hf guard benchmark: device {args.device}"
           f"{' (' + torch.cuda.get_device_name() + ')' if cuda else ''}, torch "
           f"{torch.__version__}, {args.threads} CPU threads, {n} noisy samples a row, fastest of "
-          f"{args.repeats}\n")
+          f"{args.repeats} interleaved rounds\n")
     with tempfile.TemporaryDirectory() as tmp:
         tiny = build_tiny_llava(Path(tmp) / "tiny")
         print(HEADER)
