@@ -140,6 +140,8 @@ class HFSafetyGuard:
                  unsafe_words=("Unsafe", "unsafe", "UNSAFE"), max_new_tokens: int = 4,
                  alphabet_max_chars: int = 8, device: str = "cpu", dtype=None,
                  image_path: str = "auto", max_batch_size: int | str | None = None):
+        import torch
+
         if rule not in ("logit_mass", "generate"):
             raise ValueError("rule must be 'logit_mass' or 'generate'")
         if not policy.strip():
@@ -173,6 +175,8 @@ class HFSafetyGuard:
             raise ValueError("no first token tells the Safe answers from the Unsafe ones; pass "
                              "other safe_words / unsafe_words")
         self.alphabet = self._ordinary_tokens(alphabet_max_chars)
+        self._safe_index = torch.as_tensor(self.safe_ids, device=device)
+        self._unsafe_index = torch.as_tensor(self.unsafe_ids, device=device)
         self.native_size = self._native_size()
         self._affine = None  # per-channel (scale, shift) of the device path
         self.image_path = self._choose_image_path(image_path)
@@ -467,34 +471,32 @@ class HFSafetyGuard:
 
     def _affine_pixels(self, pixels, device):
         """(B, H, W, 3) -> the processor's (B, 3, H, W) values of the image clipped to [0, 1],
-        float32: two passes (map, then clip in the mapped space, the same per channel)."""
+        float32, in two passes: clip (a copy, in the input's layout), then map per channel."""
         import torch
 
         scale, shift = (t.to(device) for t in self._affine)
         out = torch.empty((len(pixels), 3, *pixels.shape[1:3]), dtype=torch.float32,
                           device=device)
-        torch.addcmul(shift, pixels.permute(0, 3, 1, 2).float(), scale, out=out)
-        low, high = torch.minimum(shift, shift + scale), torch.maximum(shift, shift + scale)
-        return out.clamp_(low, high)
+        clipped = pixels.to(device, torch.float32).clamp(0.0, 1.0)
+        return torch.addcmul(shift, clipped.permute(0, 3, 1, 2), scale, out=out)
 
     def _decide(self, input_ids, pixel_values):
         """Labels (a long tensor on the device) for one forward micro-batch."""
         import torch
 
-        attention = torch.ones_like(input_ids)
         if self.rule == "logit_mass":
+            # No padding (one length per batch), so no attention mask: plain causal attention.
             self._float_head = True
             try:
-                logits = self.model(input_ids=input_ids, attention_mask=attention,
-                                    pixel_values=pixel_values, use_cache=False,
-                                    **self._keep_last).logits[:, -1, :].float()
+                logits = self.model(input_ids=input_ids, pixel_values=pixel_values,
+                                    use_cache=False, **self._keep_last).logits[:, -1, :].float()
             finally:
                 self._float_head = False
             # Safe vs Unsafe next-token mass: the softmax normaliser is common to both sides.
-            unsafe = torch.logsumexp(logits[:, self.unsafe_ids], dim=-1)
-            safe = torch.logsumexp(logits[:, self.safe_ids], dim=-1)
+            unsafe = torch.logsumexp(logits[:, self._unsafe_index], dim=-1)
+            safe = torch.logsumexp(logits[:, self._safe_index], dim=-1)
             return (unsafe > safe).long()
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+        out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                   pixel_values=pixel_values, do_sample=False,
                                   max_new_tokens=self.max_new_tokens,
                                   pad_token_id=self.tokenizer.pad_token_id)
