@@ -1,24 +1,40 @@
 """``hybridcert report RUN_DIR``: a markdown summary and matplotlib figures of a certification run.
 
-Metric. Under the majority rule, *certified accuracy* at ``(d, r)`` is the
-share of examples whose smoothed prediction is correct and certified against
-at most ``d`` discrete changes and any continuous shift of norm ``<= r``.
-Under the threshold (safety-filter) rule the certificate is "stays flagged".
-The metric is then the *certified detection rate*: the share of truly
-positive (target-label) examples flagged and certified at ``(d, r)``.
+The words follow the decision rule.
+
+- Threshold rule (the safety filter): an input is *flagged* when the lower
+  bound on the target label's probability reaches ``tau``, else *not
+  flagged*. The certificate says a flag *stays*. Both sides of the filter are
+  reported: *certified detection* on the truly unsafe (target-label) inputs
+  and *false flags* on the safe ones.
+- Majority rule: the certified label, or *abstain*. *Certified accuracy* at
+  ``(d, r)`` is the share of examples whose prediction is correct and
+  certified against at most ``d`` discrete changes and any continuous shift
+  of L2 norm ``<= r``; *clean accuracy* is the share whose smoothed
+  prediction (certified or not) is correct.
+
+Each statistic is computed by one function below, which the table and the
+figure both call, so the two cannot disagree: :func:`certified_share`,
+:func:`radius_summary`, :func:`largest_budget_counts`, :func:`clean_accuracy`,
+:func:`tau_tradeoff` and :func:`shown_budget` (budgets beyond the largest one
+any example reaches are folded away).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from .runner import RESULTS, SETTINGS, read_results
+from .smoothing import ABSTAIN, Certificate, recompute
 
 REPORT = "report.md"
+FIGURES = ("certified_accuracy.png", "frontier.png")
+TRADEOFF = "tau_tradeoff.png"
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
@@ -39,111 +55,384 @@ def failed_rows(run_dir: str | os.PathLike) -> list[dict]:
     return [r for r in read_results(Path(run_dir) / RESULTS).values() if r.get("failed")]
 
 
-def evaluation_pool(rows: list[dict], settings: dict) -> list[dict]:
-    """The examples a metric is computed over: all of them (majority), or the truly positive
-    ones (threshold rule, whose certificate says "stays flagged")."""
-    if settings.get("decision") == "threshold":
-        return [r for r in rows if r["true_label"] == settings.get("target_label", 1)]
-    return rows
+# ---------------------------------------------------------------------------- the statistics
 
 
-def is_certified_hit(row: dict, settings: dict) -> bool:
-    """A correct certified prediction: the right label, or a flag on a truly positive example."""
-    if settings.get("decision") == "threshold":
-        target = settings.get("target_label", 1)
-        return row["true_label"] == target and row["predicted"] == target
-    return bool(row["correct"])
+def is_threshold(settings: dict) -> bool:
+    return settings.get("decision") == "threshold"
 
 
-def certified_table(rows: list[dict], settings: dict, radii) -> tuple[np.ndarray, str, int]:
-    """Certified share at each ``(d, r)``: array ``(d_max + 1, len(radii))``, metric name, base."""
-    pool = evaluation_pool(rows, settings)
-    d_max = len(rows[0]["radius"]) - 1
-    table = np.zeros((d_max + 1, len(radii)))
+def target_label(settings: dict) -> int:
+    target = settings.get("target_label")
+    return 1 if target is None else int(target)
+
+
+def pools(rows: list[dict], settings: dict) -> dict[str, list[dict]]:
+    """The examples each statistic is computed over, by name.
+
+    Threshold rule: ``"unsafe"`` (true label = target label; certified
+    detection) and ``"safe"`` (every other label; false flags). Majority rule:
+    ``"all"``.
+    """
+    if is_threshold(settings):
+        target = target_label(settings)
+        return {"unsafe": [r for r in rows if r["true_label"] == target],
+                "safe": [r for r in rows if r["true_label"] != target]}
+    return {"all": list(rows)}
+
+
+def main_pool(rows: list[dict], settings: dict) -> list[dict]:
+    """The pool of the headline metric: unsafe examples (threshold) or all of them (majority)."""
+    return next(iter(pools(rows, settings).values()))
+
+
+def is_counted(row: dict, settings: dict) -> bool:
+    """Whether the row's certificate counts: a flag (threshold rule; on a safe example that is a
+    false flag) or a correct certified label (majority rule)."""
+    if is_threshold(settings):
+        return row["predicted"] == target_label(settings)
+    return bool(row["correct"]) and row["predicted"] != ABSTAIN
+
+
+def shown_budget(rows: list[dict]) -> int:
+    """The largest budget any example is certified at (0 if none): tables and figures stop there."""
+    return max(0, max(int(r["largest_budget"]) for r in rows))
+
+
+def certified_share(pool: list[dict], settings: dict, radii, d_top: int) -> np.ndarray:
+    """``share[d, j]``: the share of ``pool`` whose certificate counts (:func:`is_counted`) at
+    budget ``d`` and radius ``radii[j]``, that is ``largest_budget >= d`` and ``r*(d) >= r``.
+
+    Shape ``(d_top + 1, len(radii))``; an empty pool gives zeros.
+    """
+    radii = np.asarray(radii, dtype=float)
+    share = np.zeros((d_top + 1, radii.size))
     for row in pool:
-        if is_certified_hit(row, settings):
-            for d in range(min(row["largest_budget"], d_max) + 1):
-                table[d] += np.asarray(radii) <= row["radius"][d]
-    name = ("certified detection rate" if settings.get("decision") == "threshold"
-            else "certified accuracy")
-    return table / max(len(pool), 1), name, len(pool)
+        if is_counted(row, settings):
+            for d in range(min(int(row["largest_budget"]), d_top) + 1):
+                share[d] += radii <= row["radius"][d]
+    return share / max(len(pool), 1)
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write ``report.md``, ``certified_accuracy.png`` and ``frontier.png`` into ``run_dir``."""
-    run_dir = Path(run_dir)
-    settings, rows = load_run(run_dir)
-    sigma = settings.get("sigma") or 1.0
-    d_max = len(rows[0]["radius"]) - 1
-    radii = [0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma, 1.5 * sigma, 2.0 * sigma, 3.0 * sigma]
-    table, metric, base = certified_table(rows, settings, radii)
-    fine = np.linspace(0, max(4 * sigma, max(max(r["radius"]) for r in rows) * 1.05), 200)
-    curve, _, _ = certified_table(rows, settings, fine)
-    _plot_curves(run_dir / "certified_accuracy.png", fine, curve, metric, settings)
-    _plot_frontier(run_dir / "frontier.png", rows, settings)
-
-    n_rows = len(rows)
-    pool = evaluation_pool(rows, settings)
-    abstain = sum(r["abstain"] for r in rows)
-    calls = np.array([r["model_calls"] for r in rows])
-    seconds = np.array([r["seconds"] for r in rows])
-    lines = [
-        f"# Certification report: `{settings.get('dataset', run_dir.name)}`", "",
-        _settings_line(settings), "",
-        f"{n_rows} examples certified; {metric} is computed over {base} examples"
-        + (" (those whose true label is the target label)." if base != n_rows else "."), "",
-        f"## {metric.capitalize()} at radius r (rows: discrete budget d)", "",
-        "| d | " + " | ".join(f"r = {r:.3g}" for r in radii) + " |",
-        "|---|" + "---|" * len(radii),
-    ]
-    for d in range(d_max + 1):
-        lines.append(f"| {d} | " + " | ".join(f"{v:.1%}" for v in table[d]) + " |")
-    if settings.get("decision") == "threshold":
-        target = settings.get("target_label", 1)
-        negatives = [r for r in rows if r["true_label"] != target]
-        flagged = sum(r["predicted"] == target for r in negatives)
-        lines += ["", f"The threshold rule flags an input when the lower bound on the target "
-                  f"label's probability reaches tau = {settings.get('tau')}: a cautious filter. "
-                  f"It also flagged {flagged} of the {len(negatives)} examples whose true label "
-                  f"is not the target ({flagged / max(len(negatives), 1):.1%} false flags); "
-                  "certificates on those are not counted above."]
-    lines += ["", "## Mean certified radius per budget", "",
-              "Over the examples above whose correct prediction is certified at that budget.", "",
-              "| d | certified | mean radius | median radius |", "|---|---|---|---|"]
-    for d in range(d_max + 1):
-        got = [r["radius"][d] for r in pool
-               if r["largest_budget"] >= d and is_certified_hit(r, settings)]
-        mean = f"{np.mean(got):.4f}" if got else "-"
-        median = f"{np.median(got):.4f}" if got else "-"
-        lines.append(f"| {d} | {len(got)} | {mean} | {median} |")
-    lines += ["", "## Largest certified budget", "",
-              "Of the examples above; -1 means no correct certified prediction.", "",
-              "| largest d | examples |", "|---|---|"]
-    largest = np.array([r["largest_budget"] if is_certified_hit(r, settings) else -1
-                        for r in pool])
-    for d in range(-1, d_max + 1):
-        lines.append(f"| {d} | {int(np.sum(largest == d))} |")
-    lines += [
-        "", "## Cost", "",
-        f"- abstentions (no certified label): {abstain} of {n_rows}",
-        f"- examples whose certification failed (left out above): {len(failed_rows(run_dir))}",
-        f"- base-model abstentions and errors: {sum(r['abstentions'] for r in rows)} samples, "
-        f"{sum(r['errors'] for r in rows)} from exceptions",
-        f"- model calls per example: {calls.mean():.0f} (total {calls.sum()})",
-        f"- seconds per example: {seconds.mean():.3f} (total {seconds.sum():.1f} s)",
-        "", "## Figures", "",
-        f"![{metric} versus radius](certified_accuracy.png)", "",
-        "![certified frontier](frontier.png)", "",
-    ]
-    out = run_dir / REPORT
-    out.write_text("\n".join(lines))
+def radius_summary(pool: list[dict], settings: dict, d_top: int) -> list[dict]:
+    """Per budget ``d``: how many examples of ``pool`` are certified at ``d`` and the mean and
+    median of their ``r*(d)``. Examples not certified at ``d`` are left out (not counted as 0);
+    mean and median are ``nan`` when none is certified."""
+    out = []
+    for d in range(d_top + 1):
+        got = [row["radius"][d] for row in pool
+               if is_counted(row, settings) and row["largest_budget"] >= d]
+        out.append({"d": d, "certified": len(got),
+                    "mean": float(np.mean(got)) if got else float("nan"),
+                    "median": float(np.median(got)) if got else float("nan")})
     return out
+
+
+def largest_budget_counts(pool: list[dict], settings: dict, d_top: int) -> dict[int, int]:
+    """Number of examples of ``pool`` by largest certified budget, ``-1`` (none) to ``d_top``."""
+    largest = [int(r["largest_budget"]) if is_counted(r, settings) else -1 for r in pool]
+    return {d: largest.count(d) for d in range(-1, d_top + 1)}
+
+
+def counted_label(row: dict) -> int | None:
+    """The label whose samples the row counts (``settings["counted_label"]``): the top label of
+    the ``n0`` selection samples (majority rule) or the target label (threshold rule), kept when
+    the row abstains. ``None`` in rows written before it was recorded."""
+    return (row.get("settings") or {}).get("counted_label")
+
+
+def clean_accuracy(rows: list[dict]) -> float | None:
+    """Share of examples whose smoothed prediction without a certificate is the true label.
+
+    The prediction is the label the ``n0`` selection samples picked (:func:`counted_label`),
+    certified or not. ``None`` for rows written before that label was recorded.
+    """
+    labels = [counted_label(r) for r in rows]
+    if not rows or None in labels:
+        return None
+    return float(np.mean([label == r["true_label"] for label, r in zip(labels, rows)]))
+
+
+def row_certificate(row: dict, settings: dict) -> Certificate:
+    """The :class:`~hybridcert.smoothing.Certificate` a result row records (for ``recompute``)."""
+    recorded = dict(row["settings"])
+    if counted_label(row) is None:  # older rows: the threshold rule's label is the target
+        recorded["counted_label"] = (target_label(settings) if is_threshold(settings)
+                                     else row["predicted"])
+    return Certificate(label=row["predicted"], p_lower=row.get("p_lower", 0.0),
+                       radii=tuple(row.get("radius", ())),
+                       largest_budget=row.get("largest_budget", -1), count=tuple(row["count"]),
+                       n=tuple(row["n"]), n0=row.get("n0", 0),
+                       abstentions=row.get("abstentions", 0), errors=row.get("errors", 0),
+                       model_calls=row.get("model_calls", 0), settings=recorded)
+
+
+def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
+    """Both sides of the threshold filter at other thresholds ``tau``, from the recorded counts.
+
+    Every row is recomputed with :func:`~hybridcert.smoothing.recompute` at each
+    ``tau`` (no model call). Returns ``{"tau": taus, "false_flags": (T,),
+    "detection": (T, len(points))}``: the share of safe examples flagged, and
+    the certified detection (:func:`certified_share` of the unsafe examples)
+    at each ``(d, r)`` of ``points``. Each ``tau`` is its own filter; choosing
+    one from this curve uses these examples, so choose it on held-out data.
+    """
+    groups = pools(rows, settings)
+    taus = [float(t) for t in taus]
+    d_top = max(d for d, _ in points)
+    radii = sorted({r for _, r in points})
+
+    @lru_cache(maxsize=None)
+    def again(key, tau):  # rows with equal counts and settings share one recomputation
+        row = json.loads(key)
+        cert = recompute(row_certificate(row, settings), tau=tau)
+        return cert.label, cert.largest_budget, cert.radii
+
+    def recomputed(pool, tau):
+        out = []
+        for row in pool:
+            label, largest, radii_ = again(_count_key(row), tau)
+            out.append({"true_label": row["true_label"], "predicted": label,
+                        "correct": label == row["true_label"], "largest_budget": largest,
+                        "radius": list(radii_)})
+        return out
+
+    false_flags, detection = [], []
+    for tau in taus:
+        safe = recomputed(groups["safe"], tau)
+        false_flags.append(np.mean([is_counted(r, settings) for r in safe]) if safe else 0.0)
+        share = certified_share(recomputed(groups["unsafe"], tau), settings, radii, d_top)
+        detection.append([share[d, radii.index(r)] for d, r in points])
+    return {"tau": taus, "false_flags": np.asarray(false_flags, dtype=float),
+            "detection": np.asarray(detection, dtype=float).reshape(len(taus), len(points))}
+
+
+def _count_key(row: dict) -> str:
+    """What a recomputation depends on (the label, the counts, the settings), as a cache key."""
+    keep = ("predicted", "count", "n", "settings")
+    return json.dumps({k: row[k] for k in keep if k in row}, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------- the words
+
+
+def attacker_sentence(settings: dict, rows: list[dict]) -> str:
+    """What the certificate assumes the attacker can write, in words."""
+    kernel = rows[0]["settings"].get("kernel") or {}
+    kind = kernel.get("kernel") if isinstance(kernel, dict) else None
+    if kind is None:
+        return ("No discrete noise: only the continuous part is smoothed, so only budget d = 0 "
+                "(no changed token) is certified.")
+    if kind == "categorical":
+        return "The attacker may set each changed field to any of its categories."
+    if kind == "absorbing":
+        return ("The attacker may write any token: the mask kernel's certificate does not "
+                "depend on which.")
+    who = kernel.get("attacker_alphabet", settings.get("attacker_alphabet"))
+    size = kernel.get("vocab_size")
+    size = f" of {size} tokens" if size else ""
+    if who == "any":
+        return ("Attacker alphabet `any`: the attacker may write any token, including tokens "
+                "outside the noise alphabet; the certificate assumes nothing about the tokenizer.")
+    if who == "noise":
+        return (f"Attacker alphabet `noise`: the certificate **assumes** the attacker writes only "
+                f"tokens of the noise alphabet{size}. That is an assumption about the tokenizer "
+                "and the input channel; a run with `attacker_alphabet = any` needs none.")
+    return "The attacker's alphabet is not recorded in these rows."
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _count_of(k: int, m: int) -> str:
+    return f"{k} of {m} ({k / m:.1%})" if m else f"{k} of 0"
 
 
 def _settings_line(s: dict) -> str:
     keys = ["dataset", "model", "kernel", "beta", "sigma", "decision", "tau", "alpha", "n0", "n",
             "d_max", "threat", "protocol", "seed"]
+    if is_threshold(s):
+        keys.remove("n0")  # the threshold rule fixes the label: no selection samples are drawn
     return "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
+
+
+def cost_lines(rows: list[dict], settings: dict) -> list[str]:
+    """The model calls actually spent, and how they split into selection and estimation."""
+    calls = np.array([r["model_calls"] for r in rows])
+    n0 = {int(r["n0"]) for r in rows}
+    estimates = {len(r["n"]) for r in rows}
+    n = {int(r["n"][0]) for r in rows}
+    split = ""
+    if len(n0) == len(estimates) == len(n) == 1:
+        n0_, k_, n_ = n0.pop(), estimates.pop(), n.pop()
+        parts = [f"{n0_:,} selection samples"] if n0_ else []
+        parts.append(f"{k_} estimate{'s' if k_ > 1 else ''} of n = {n_:,}")
+        split = " = " + " + ".join(parts)
+        if is_threshold(settings):
+            split += " (the threshold rule's label is fixed, so no selection samples)"
+    return [f"- model calls per example: {calls.mean():,.0f}{split}; total {calls.sum():,}"]
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def _table(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(cells) + " |" for cells in body]
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``report.md`` and its figures (``certified_accuracy.png``, ``frontier.png``, and
+    under the threshold rule ``tau_tradeoff.png``) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    settings, rows = load_run(run_dir)
+    threshold = is_threshold(settings)
+    sigma = settings.get("sigma") or 1.0
+    d_max = len(rows[0]["radius"]) - 1
+    d_top = shown_budget(rows)
+    radii = [0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma, 1.5 * sigma, 2.0 * sigma, 3.0 * sigma]
+    groups = pools(rows, settings)
+    main = main_pool(rows, settings)
+    tables = {name: certified_share(pool, settings, radii, d_top) for name, pool in groups.items()}
+    metric = "certified detection" if threshold else "certified accuracy"
+    n_rows = len(rows)
+
+    lines = [f"# Certification report: `{settings.get('dataset', run_dir.name)}`", "",
+             _settings_line(settings), "", attacker_sentence(settings, rows), ""]
+    lines += ["## Summary", ""]
+    if threshold:
+        tau = settings.get("tau")
+        unsafe, safe = groups["unsafe"], groups["safe"]
+        flagged_unsafe = sum(is_counted(r, settings) for r in unsafe)
+        flagged_safe = sum(is_counted(r, settings) for r in safe)
+        lines += [
+            f"The filter flags an input when the lower confidence bound on the probability of "
+            f"label {target_label(settings)} (unsafe) reaches tau = {tau}; otherwise the input is "
+            "not flagged. A certificate at (d, r) says that a flag stays: no change of at most d "
+            "tokens combined with a continuous shift of L2 norm at most r clears it.", "",
+            f"- unsafe inputs flagged: {_count_of(flagged_unsafe, len(unsafe))}; "
+            f"not flagged (missed): {len(unsafe) - flagged_unsafe}",
+            f"- safe inputs flagged (false flags): {_count_of(flagged_safe, len(safe))}; "
+            f"not flagged: {len(safe) - flagged_safe}",
+        ]
+    else:
+        abstain = sum(r["predicted"] == ABSTAIN for r in rows)
+        clean = clean_accuracy(rows)
+        lines += [
+            "The smoothed classifier predicts its most probable label, certified when the lower "
+            "confidence bound on its probability exceeds 1/2; otherwise it abstains.", "",
+            f"- {metric} at d = 0, r = 0: {_pct(tables['all'][0, 0])} of {n_rows}",
+            "- clean accuracy (the smoothed prediction, certified or not, is correct): "
+            + (_pct(clean) if clean is not None else "not recorded in these rows"),
+            f"- abstain (no certified label): {_count_of(abstain, n_rows)}",
+        ]
+    folded = (f"Budgets d = {d_top + 1} to {d_max} are left out of every table and figure: "
+              "no example is certified there." if d_top < d_max else "")
+    lines += ["", folded, ""] if folded else [""]
+
+    def share_table(name, pool, what):
+        lines.extend([f"Share of the {len(pool)} {what} at discrete budget d (rows) and L2 radius "
+                      "r (columns), that is with r*(d) >= r.", ""])
+        lines.extend(_table(["d"] + [f"r = {r:.3g}" for r in radii],
+                            [[str(d)] + [_pct(v) for v in tables[name][d]]
+                             for d in range(d_top + 1)]))
+        lines.append("")
+
+    if threshold:
+        lines += ["## Certified detection on unsafe inputs", ""]
+        share_table("unsafe", groups["unsafe"], "unsafe inputs flagged and certified")
+        lines += ["## False flags on safe inputs", "",
+                  "The other side of the filter: safe inputs flagged, and how robustly (the same "
+                  "certificate, on inputs that should not be flagged). The r = 0, d = 0 column is "
+                  "the false-flag rate.", ""]
+        share_table("safe", groups["safe"], "safe inputs flagged and certified")
+        lines += _tradeoff_section(run_dir, rows, settings, d_top, sigma)
+    else:
+        lines += ["## Certified accuracy", ""]
+        share_table("all", groups["all"], "examples predicted correctly and certified")
+
+    stats = radius_summary(main, settings, d_top)
+    who = "unsafe inputs flagged" if threshold else "examples predicted correctly"
+    lines += ["## Certified radius per budget", "",
+              f"Mean and median of r*(d) over the {who} and certified at d; examples not "
+              "certified at d are left out (not counted as 0). The red line of `frontier.png` is "
+              "this median.", ""]
+    lines += _table(["d", "certified", "mean r*(d)", "median r*(d)"],
+                    [[str(s["d"]), str(s["certified"]), _num(s["mean"]), _num(s["median"])]
+                     for s in stats])
+    counts = largest_budget_counts(main, settings, d_top)
+    lines += ["", "## Largest certified budget", "",
+              f"Of the {len(main)} " + ("unsafe inputs" if threshold else "examples")
+              + "; -1: " + ("not flagged" if threshold else "no correct certified label")
+              + ". The right panel of `frontier.png` draws these counts.", ""]
+    lines += _table(["largest d", "examples"], [[str(d), str(k)] for d, k in counts.items()])
+    seconds = np.array([r["seconds"] for r in rows])
+    lines += ["", "## Cost", ""] + cost_lines(rows, settings) + [
+        f"- examples whose certification failed (left out above): {len(failed_rows(run_dir))}",
+        f"- noisy samples the base model abstained on: {sum(r['abstentions'] for r in rows)}, "
+        f"of which lost to exceptions: {sum(r['errors'] for r in rows)}",
+        f"- seconds per example: {seconds.mean():.3f} (total {seconds.sum():.1f} s; depends on "
+        "the machine and its load)",
+        "", "## Figures", ""]
+    _plot_shares(run_dir / FIGURES[0], rows, settings, d_top)
+    _plot_frontier(run_dir / FIGURES[1], rows, settings, d_top)
+    if threshold:
+        lines += ["`certified_accuracy.png`: left, certified detection on the "
+                  f"{len(groups['unsafe'])} unsafe inputs; right, false flags on the "
+                  f"{len(groups['safe'])} safe inputs; one line per budget d, dots at the "
+                  "tables' radii.", ""]
+    else:
+        lines += [f"`certified_accuracy.png`: certified accuracy of the {n_rows} examples, one "
+                  "line per budget d, dots at the table's radii; dashed: clean accuracy.", ""]
+    lines += [f"![{metric} versus radius]({FIGURES[0]})", "",
+              f"`frontier.png`: left, r*(d) of every one of the {who} and certified (grey, "
+              "all drawn; a lone dot is an example certified at d = 0 only) and the median of "
+              "the radius table (red); right, the largest-budget table.", "",
+              f"![certified frontier]({FIGURES[1]})", ""]
+    if threshold:
+        lines += ["`tau_tradeoff.png`: the table of the previous section as curves.", "",
+                  f"![detection versus false flags across tau]({TRADEOFF})", ""]
+    out = run_dir / REPORT
+    out.write_text("\n".join(lines))
+    return out
+
+
+def _num(x: float) -> str:
+    return "-" if np.isnan(x) else f"{x:.4f}"
+
+
+def tradeoff_taus(tau: float) -> list[float]:
+    """The thresholds of the trade-off table: a log grid from 1e-4 to 0.5, and the run's tau."""
+    grid = [1e-4, 1e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
+    return sorted(set(grid) | {float(tau)})
+
+
+def tradeoff_points(d_top: int, sigma: float) -> list[tuple[int, float]]:
+    """(d, r) points of the trade-off: flagged (0, 0), and (1, 0) and (1, sigma) when shown."""
+    return [(0, 0.0)] + ([(1, 0.0), (1, float(sigma))] if d_top >= 1 else [(0, float(sigma))])
+
+
+def _tradeoff_section(run_dir: Path, rows, settings, d_top, sigma) -> list[str]:
+    tau = float(settings.get("tau"))
+    taus = tradeoff_taus(tau)
+    points = tradeoff_points(d_top, sigma)
+    curve = tau_tradeoff(rows, settings, taus, points)
+    _plot_tradeoff(run_dir / TRADEOFF, curve, points, tau, settings, rows)
+    lines = ["## Choosing tau: detection against false flags", "",
+             "The same rows recomputed at other thresholds from their recorded counts (no model "
+             "call). Each row of the table is a filter of its own; pick tau on held-out data, "
+             "not on these examples. The run's tau is in bold.", ""]
+    body = []
+    for t, ff, det in zip(curve["tau"], curve["false_flags"], curve["detection"]):
+        cells = [f"{t:g}", _pct(ff)] + [_pct(v) for v in det]
+        body.append([f"**{c}**" for c in cells] if t == tau else cells)
+    lines += _table(["tau", "false flags (safe)"]
+                    + [f"detection d = {d}, r = {r:.3g} (unsafe)" for d, r in points], body)
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------------- the figures
 
 
 def _pyplot():
@@ -155,58 +444,130 @@ def _pyplot():
     return plt
 
 
-def _plot_curves(path: Path, radii, curve, metric: str, settings: dict) -> None:
+def _plot_shares(path: Path, rows, settings, d_top: int) -> None:
+    """One panel per pool: the share certified at (d, r) against r, from :func:`certified_share`."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    # Budgets beyond the first one that certifies nothing add only flat zero lines.
-    empty = [d for d in range(len(curve)) if not curve[d].any()]
-    shown = curve[: (empty[0] + 1 if empty else len(curve))]
-    colours = plt.cm.viridis(np.linspace(0, 0.9, len(shown)))
-    for d, (values, colour) in enumerate(zip(shown, colours)):
-        label = f"d = {d}" if d < len(shown) - 1 or not empty else f"d >= {d} (none)"
-        ax.plot(radii, values, color=colour, lw=2, label=label)
-    ax.set_xlabel("L2 radius r of the continuous perturbation")
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlim(0, radii[-1])
-    ax.grid(alpha=0.3)
-    ax.legend(title="discrete budget", ncol=2 if len(shown) > 5 else 1, fontsize=8)
-    ax.set_title(f"{metric} vs radius ({settings.get('dataset', '')}, "
-                 f"sigma = {settings.get('sigma')}, beta = {settings.get('beta')})")
+    sigma = settings.get("sigma") or 1.0
+    groups = pools(rows, settings)
+    top = max(4 * sigma, max(max(r["radius"]) for r in rows) * 1.05)
+    fine = np.linspace(0, top, 200)
+    marks = [0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma, 1.5 * sigma, 2.0 * sigma, 3.0 * sigma]
+    threshold = is_threshold(settings)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.4), dpi=120,
+                             sharex=True, sharey=True, squeeze=False)
+    colours = plt.cm.viridis(np.linspace(0, 0.85, d_top + 1))
+    titles = {"unsafe": "certified detection: unsafe inputs",
+              "safe": "false flags: safe inputs",
+              "all": "certified accuracy"}
+    for ax, (name, pool) in zip(axes[0], groups.items()):
+        curve = certified_share(pool, settings, fine, d_top)
+        dots = certified_share(pool, settings, marks, d_top)
+        for d in range(d_top + 1):
+            ax.plot(fine, curve[d], color=colours[d], lw=2, label=f"d = {d}")
+            ax.plot(marks, dots[d], "o", color=colours[d], ms=4)
+        if name == "all":
+            clean = clean_accuracy(rows)
+            if clean is not None:
+                ax.axhline(clean, color="0.3", ls="--", lw=1.2,
+                           label=f"clean accuracy {clean:.1%}")
+        ax.set_title(f"{titles[name]} (n = {len(pool)})", fontsize=10)
+        ax.set_xlabel("L2 radius r of the continuous perturbation")
+        ax.set_xlim(0, top)
+        ax.set_ylim(-0.02, 1.02)  # lines at 0 stay visible above the axis
+        ax.grid(alpha=0.3)
+    # One legend beside the panels, where it hides no line.
+    handles, labels = axes[0, -1].get_legend_handles_labels()
+    fig.legend(handles, labels, title="discrete budget", fontsize=8, title_fontsize=8,
+               loc="center right")
+    axes[0, 0].set_ylabel("share flagged, certified at (d, r)" if threshold
+                          else "share correct, certified at (d, r)")
+    fold = f"; d > {d_top} certifies nothing" if d_top < len(rows[0]["radius"]) - 1 else ""
+    fig.suptitle(f"{settings.get('dataset', '')}: sigma = {settings.get('sigma')}, "
+                 f"beta = {settings.get('beta')}"
+                 + (f", tau = {settings.get('tau')}" if threshold else "") + fold, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _plot_frontier(path: Path, rows, settings, d_top: int) -> None:
+    """Left: every certified example's r*(d) and :func:`radius_summary`'s median; right:
+    :func:`largest_budget_counts`."""
+    plt = _pyplot()
+    budgets = np.arange(d_top + 1)
+    pool = main_pool(rows, settings)
+    threshold = is_threshold(settings)
+    drawn = [r for r in pool if is_counted(r, settings) and r["largest_budget"] >= 0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
+    rng = np.random.default_rng(0)  # a small horizontal jitter separates equal frontiers
+    for row in drawn:
+        top = min(int(row["largest_budget"]), d_top)
+        xs = budgets[: top + 1] + rng.uniform(-0.06, 0.06)
+        left.plot(xs, row["radius"][: top + 1], color="0.55", lw=0.6, alpha=0.5, marker="o",
+                  ms=2.5)
+    stats = radius_summary(pool, settings, d_top)
+    median = np.array([s["median"] for s in stats])
+    left.plot(budgets, median, color="C3", lw=2.5, marker="o", ms=6,
+              label="median r*(d) over examples certified at d")
+    for s in stats:
+        if s["certified"]:
+            left.annotate(f"{s['median']:.3g} ({s['certified']})", (s["d"], s["median"]),
+                          textcoords="offset points", xytext=(6, 6), fontsize=8, color="C3")
+    who = "unsafe inputs flagged" if threshold else "examples correct"
+    left.set_title(f"r*(d) of {len(drawn)} {who} and certified (all drawn)", fontsize=10)
+    left.set_xlabel("discrete budget d (changed tokens or fields)")
+    left.set_ylabel("certified radius r*(d)")
+    left.set_xticks(budgets)
+    left.set_xlim(-0.4, d_top + 0.6)
+    left.set_ylim(bottom=0)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower left")
+    counts = largest_budget_counts(pool, settings, d_top)
+    keys = list(counts)
+    bars = right.bar(keys, [counts[k] for k in keys], color=["0.6"] + ["C0"] * (len(keys) - 1))
+    right.bar_label(bars, fontsize=8)
+    right.set_xticks(keys, ["none" if k < 0 else str(k) for k in keys])
+    right.set_xlabel("largest certified budget d")
+    right.set_ylabel("examples")
+    right.set_title(f"largest certified budget of the {len(pool)} "
+                    + ("unsafe inputs" if threshold else "examples"), fontsize=10)
+    right.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def _plot_frontier(path: Path, rows: list[dict], settings: dict) -> None:
+def _plot_tradeoff(path: Path, curve: dict, points, tau: float, settings, rows) -> None:
+    """Left: both sides of the filter against tau; right: detection against false flags."""
     plt = _pyplot()
-    d_max = len(rows[0]["radius"]) - 1
-    budgets = np.arange(d_max + 1)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
-    pool = evaluation_pool(rows, settings)
-    certified = [r for r in pool if r["largest_budget"] >= 0 and is_certified_hit(r, settings)]
-    frontiers = np.array([[r["radius"][d] if d <= r["largest_budget"] else np.nan for d in budgets]
-                          for r in certified]) if certified else np.full((1, d_max + 1), np.nan)
-    for line in frontiers[:60]:
-        left.plot(budgets, line, color="0.6", lw=0.6, alpha=0.6)
-    with np.errstate(all="ignore"):
-        median = np.nanmedian(np.where(np.isnan(frontiers), 0.0, frontiers), axis=0)
-    left.plot(budgets, median, color="C3", lw=2.5, marker="o", label="median over examples")
-    left.set_xlabel("discrete budget d (changed tokens or fields)")
-    left.set_ylabel("certified radius r*(d)")
-    left.set_title("certified (d, r) frontier per example")
-    left.set_xticks(budgets)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    share = [np.mean([r["largest_budget"] >= d and is_certified_hit(r, settings)
-                      for r in pool]) for d in budgets]
-    right.bar(budgets, share, color="C0")
-    right.set_xlabel("discrete budget d")
-    right.set_ylabel("share certified at radius 0")
-    right.set_ylim(0, 1)
-    right.set_xticks(budgets)
-    right.set_title("certified share per budget")
-    right.grid(alpha=0.3, axis="y")
+    groups = pools(rows, settings)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.4), dpi=120)
+    taus, ff = np.asarray(curve["tau"]), curve["false_flags"]
+    at = curve["tau"].index(tau)
+    left.plot(taus, ff, "s-", color="C3", ms=4, lw=2,
+              label=f"false flags ({len(groups['safe'])} safe inputs)")
+    for j, (d, r) in enumerate(points):
+        det = curve["detection"][:, j]
+        label = ("flagged, d = 0, r = 0" if (d, r) == (0, 0.0)
+                 else f"certified at d = {d}, r = {r:.3g}")
+        left.plot(taus, det, "o-", color=f"C{j}", ms=4, lw=1.5, label=label)
+        right.plot(ff, det, "o-", color=f"C{j}", ms=4, lw=1.5, label=label)
+    left.axvline(tau, color="k", ls=":", lw=1, label=f"this run's tau = {tau:g}")
+    right.plot([ff[at]] * len(points), curve["detection"][at], "s", ms=9, mfc="none",
+               color="k", label=f"this run's tau = {tau:g}")
+    left.set_xscale("log")
+    left.set_xlabel("threshold tau")
+    left.set_ylabel(f"share of the unsafe ({len(groups['unsafe'])}) or safe inputs")
+    left.set_title("both sides of the filter against tau", fontsize=10)
+    right.set_xlabel(f"false flags: share of the {len(groups['safe'])} safe inputs flagged")
+    right.set_ylabel(f"share of the {len(groups['unsafe'])} unsafe inputs")
+    right.set_title("detection against false flags (one dot per tau)", fontsize=10)
+    for ax in (left, right):
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    right.set_xlim(-0.02, 1.02)
+    left.legend(fontsize=8, loc="center left")
+    right.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
