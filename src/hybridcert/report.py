@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -182,7 +182,7 @@ def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
     d_top = max(d for d, _ in points)
     radii = sorted({r for _, r in points})
 
-    @lru_cache(maxsize=None)
+    @cache
     def again(key, tau):  # rows with equal counts and settings share one recomputation
         row = json.loads(key)
         cert = recompute(row_certificate(row, settings), tau=tau)
@@ -368,7 +368,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
               + ". The right panel of `frontier.png` draws these counts.", ""]
     lines += _table(["largest d", "examples"], [[str(d), str(k)] for d, k in counts.items()])
     seconds = np.array([r["seconds"] for r in rows])
-    lines += ["", "## Cost", ""] + cost_lines(rows, settings) + [
+    lines += ["", "## Cost", "", *cost_lines(rows, settings),
         f"- examples whose certification failed (left out above): {len(failed_rows(run_dir))}",
         f"- noisy samples the base model abstained on: {sum(r['abstentions'] for r in rows)}, "
         f"of which lost to exceptions: {sum(r['errors'] for r in rows)}",
@@ -427,9 +427,9 @@ def _tradeoff_section(run_dir: Path, rows, settings, d_top, sigma) -> list[str]:
     for t, ff, det in zip(curve["tau"], curve["false_flags"], curve["detection"]):
         cells = [f"{t:g}", _pct(ff)] + [_pct(v) for v in det]
         body.append([f"**{c}**" for c in cells] if t == tau else cells)
-    lines += _table(["tau", "false flags (safe)"]
-                    + [f"detection d = {d}, r = {r:.3g} (unsafe)" for d, r in points], body)
-    return lines + [""]
+    lines += _table(["tau", "false flags (safe)",
+                     *(f"detection d = {d}, r = {r:.3g} (unsafe)" for d, r in points)], body)
+    return [*lines, ""]
 
 
 # ---------------------------------------------------------------------------- the figures
