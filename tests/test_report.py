@@ -99,7 +99,7 @@ def test_majority_report_words_numbers_and_files(tabular_run):
 
 def test_majority_figure_draws_the_tables(tabular_run):
     run, drawn = tabular_run
-    settings, rows = load_run(run)
+    _, rows = load_run(run)
     text = (run / "report.md").read_text()
     # certified_accuracy.png: the dots at the table's radii are the table's numbers.
     table = table_cells(section(text, "Certified accuracy"))
@@ -147,10 +147,7 @@ def test_threshold_report_words_both_sides_and_cost(threshold_run):
     detection = table_cells(section(text, "Certified detection on unsafe inputs"))
     false_flags = table_cells(section(text, "False flags on safe inputs"))
     sigma = settings["sigma"]
-    for d, cells in detection.items():
-        if d == "d":
-            continue
-        d = int(d)
+    for d in (int(k) for k in detection if k.isdigit()):
         for j, r in enumerate([0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma]):
             for pool, table in ((unsafe, detection), (safe, false_flags)):
                 share = np.mean([x["predicted"] == 1 and x["largest_budget"] >= d
@@ -164,7 +161,7 @@ def test_threshold_report_words_both_sides_and_cost(threshold_run):
 
 def test_threshold_budgets_fold_at_the_largest_reached(threshold_run):
     run, drawn = threshold_run
-    settings, rows = load_run(run)
+    _, rows = load_run(run)
     text = (run / "report.md").read_text()
     top = max(r["largest_budget"] for r in rows)
     d_max = len(rows[0]["radius"]) - 1
