@@ -75,10 +75,10 @@ def test_majority_report_words_numbers_and_files(tabular_run):
         assert f"]({png})" in text
     assert not (run / report.TRADEOFF).exists()
     # Certified accuracy at d = 0, r = 0 and the clean accuracy, recomputed from the rows.
-    hits = np.mean([r["correct"] and r["largest_budget"] >= 0 for r in rows])
-    assert f"| 0 | {hits:.1%} |" in text
+    hits = np.sum([r["correct"] and r["largest_budget"] >= 0 for r in rows])
+    assert f"| 0 | {hits / len(rows):.1%} ({hits}) |" in text
     clean = np.mean([r["selected"] == r["true_label"] for r in rows])
-    assert clean >= hits  # every certified correct label is also the selected one
+    assert clean >= hits / len(rows)  # every certified correct label is the selected one
     assert f"clean accuracy (the smoothed prediction, certified or not, is correct): {clean:.1%}" \
         in text
     abstain = sum(r["predicted"] == -1 for r in rows)
@@ -107,7 +107,7 @@ def test_majority_figure_draws_the_tables(tabular_run):
     dots = [(x, y) for label, x, y in panel if label.startswith("_") and x.size == 7]
     assert len(dots) == len(table) - 1  # one per shown budget (the header row is in `table`)
     for d, (_, y) in enumerate(dots):
-        assert [f"{v:.1%}" for v in y] == table[str(d)]
+        assert [f"{v:.1%} ({round(v * len(rows))})" for v in y] == table[str(d)]
     clean = [y[0] for label, _, y in panel if label.startswith("clean accuracy")]
     assert clean and f"{clean[0]:.1%}" in section(text, "Summary")
     # frontier.png: the red median is the radius table's median over certified examples only.
@@ -150,9 +150,9 @@ def test_threshold_report_words_both_sides_and_cost(threshold_run):
     for d in (int(k) for k in detection if k.isdigit()):
         for j, r in enumerate([0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma]):
             for pool, table in ((unsafe, detection), (safe, false_flags)):
-                share = np.mean([x["predicted"] == 1 and x["largest_budget"] >= d
-                                 and x["radius"][d] >= r for x in pool])
-                assert table[str(d)][j] == f"{share:.1%}"
+                hits = np.sum([x["predicted"] == 1 and x["largest_budget"] >= d
+                               and x["radius"][d] >= r for x in pool])
+                assert table[str(d)][j] == f"{hits / len(pool):.1%} ({hits})"
     kernel = rows[0]["settings"]["kernel"]
     assert f"Attacker alphabet `{kernel['attacker_alphabet']}`" in text
     if kernel["attacker_alphabet"] == "noise":
@@ -205,8 +205,11 @@ def test_tau_tradeoff_is_recompute_of_the_rows(threshold_run):
     bold = [c.strip("*") for c in table_cells(block)[f"**{tau:g}**"]]
     detection = table_cells(section(text, "Certified detection on unsafe inputs"))
     false_flags = table_cells(section(text, "False flags on safe inputs"))
-    assert bold[0] == false_flags["0"][0] and bold[1] == detection["0"][0]
-    assert bold[-1] == detection["1"][3]  # d = 1, r = sigma
+    def share(cell):
+        return cell.split(" (")[0]
+
+    assert bold[0] == share(false_flags["0"][0]) and bold[1] == share(detection["0"][0])
+    assert bold[-1] == share(detection["1"][3])  # d = 1, r = sigma
     # ... and the figure draws that table: its false-flag line is the table's column.
     left = drawn[report.TRADEOFF][0]
     (ff,) = [y for label, _, y in left if label.startswith("false flags")]

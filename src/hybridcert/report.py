@@ -332,10 +332,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines += ["", folded, ""] if folded else [""]
 
     def share_table(name, pool, what):
-        lines.extend([f"Share of the {len(pool)} {what} at discrete budget d (rows) and L2 radius "
-                      "r (columns), that is with r*(d) >= r.", ""])
-        lines.extend(_table(["d"] + [f"r = {r:.3g}" for r in radii],
-                            [[str(d)] + [_pct(v) for v in tables[name][d]]
+        lines.extend([f"Share (and number) of the {len(pool)} {what} at discrete budget d (rows) "
+                      "and L2 radius r (columns), that is with r*(d) >= r.", ""])
+        lines.extend(_table(["d", *(f"r = {r:.3g}" for r in radii)],
+                            [[str(d), *(f"{_pct(v)} ({round(v * len(pool))})"
+                                        for v in tables[name][d])]
                              for d in range(d_top + 1)]))
         lines.append("")
 
@@ -507,21 +508,21 @@ def _plot_frontier(path: Path, rows, settings, d_top: int) -> None:
                   ms=2.5)
     stats = radius_summary(pool, settings, d_top)
     median = np.array([s["median"] for s in stats])
-    left.plot(budgets, median, color="C3", lw=2.5, marker="o", ms=6,
-              label="median r*(d) over examples certified at d")
+    left.plot(budgets, median, color="C3", lw=2.5, marker="o", ms=6, label="median r*(d)")
     for s in stats:
         if s["certified"]:
             left.annotate(f"{s['median']:.3g} ({s['certified']})", (s["d"], s["median"]),
                           textcoords="offset points", xytext=(6, 6), fontsize=8, color="C3")
     who = "unsafe inputs flagged" if threshold else "examples correct"
-    left.set_title(f"r*(d) of {len(drawn)} {who} and certified (all drawn)", fontsize=10)
+    # The key is in the title: a legend inside the axes would hide some examples.
+    left.set_title(f"grey: r*(d) of all {len(drawn)} {who} and certified\n"
+                   "red: median r*(d) over those certified at d (their number)", fontsize=10)
     left.set_xlabel("discrete budget d (changed tokens or fields)")
     left.set_ylabel("certified radius r*(d)")
     left.set_xticks(budgets)
     left.set_xlim(-0.4, d_top + 0.6)
     left.set_ylim(bottom=0)
     left.grid(alpha=0.3)
-    left.legend(fontsize=8, loc="lower left")
     counts = largest_budget_counts(pool, settings, d_top)
     keys = list(counts)
     bars = right.bar(keys, [counts[k] for k in keys], color=["0.6"] + ["C0"] * (len(keys) - 1))
