@@ -111,5 +111,25 @@ def test_paper_experiment_writes_tables_and_no_certificate_is_beaten(tmp_path):
     assert set(results["methods"]) == {"hybrid", "image-only", "text-only"}
     assert [float(b) for b in results["beta"]] == [0.1, 0.25, 0.5, 1.0]
     assert results["attack"] and not any(a["beaten"] for a in results["attack"])
+    # The attack summarised per budget: its lowest probability next to the certified bound of the
+    # same example at the same (d, r); the raw rows stay in paper.json.
+    summary = results["attack summary"]
+    assert len(summary) == len({(a["d"], a["r"]) for a in results["attack"]})
+    for row in summary:
+        at = [a for a in results["attack"] if (a["d"], a["r"]) == (row["d"], row["r"])]
+        low = min(at, key=lambda a: a["p_attack"])
+        assert (row["lowest p_attack"], row["bound there"]) == \
+            (low["p_attack"], low["certified bound"])
+    for a in results["attack"]:
+        assert 0.0 <= a["certified bound"] <= 1.0
+        if a["certified"]:  # inside the certified frontier the bound clears tau
+            assert a["certified bound"] >= results["tau"]
+    # A results section: column definitions, and a finding with its numbers per comparison.
+    assert "Columns:" in text and "*certified share*:" in text
+    assert text.count("**Finding.**") == 5 and "**Why.**" in text
+    assert "depends on the machine and its load" in text
+    hy, im = results["methods"]["hybrid"], results["methods"]["image-only"]
+    assert f"{hy['mean radius d=1'] / im['mean radius d=0']:.1%} of image-only's" in text
+    assert "raw" in text.lower() and "| d | r |" in text
     for png in ("attack_vs_certificate.png", "beta_ablation.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
