@@ -285,11 +285,11 @@ def _write_markdown(out: Path, r: dict) -> None:
               "The paper expects the hybrid image radius at d = 1 to sit a few percent below "
               "image-only's radius at d = 0, and its text budget a few percent below "
               "text-only's. Here the hybrid radius at d = 1 is "
-              + (f"{hy['mean radius d=1']:.3g}, {_pct(ratio)} of image-only's "
-                 f"{im['mean radius d=0']:.3g}" if ratio is not None else "-")
+              + (f"{hy['mean radius d=1']:.3f}, {_pct(ratio)} of image-only's "
+                 f"{im['mean radius d=0']:.3f}" if ratio is not None else "-")
               + ", and its mean text budget is "
-              + (f"{hy['mean largest budget']:.3g} tokens, {_pct(budget)} of text-only's "
-                 f"{tx['mean largest budget']:.3g}" if budget is not None else "-")
+              + (f"{hy['mean largest budget']:.3f} tokens, {_pct(budget)} of text-only's "
+                 f"{tx['mean largest budget']:.3f}" if budget is not None else "-")
               + " (text-only certifies the larger text budget).", "",
               "**Why.** Two things, and the alphabet's size is not one of them. First, the token "
               "noise "

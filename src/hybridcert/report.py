@@ -254,6 +254,8 @@ def _settings_line(s: dict) -> str:
             "d_max", "threat", "protocol", "seed"]
     if is_threshold(s):
         keys.remove("n0")  # the threshold rule fixes the label: no selection samples are drawn
+    if s.get("baseline") not in (None, "none"):
+        keys.insert(2, "baseline")
     return "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
 
 
@@ -382,7 +384,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         lines += ["`certified_accuracy.png`: left, certified detection on the "
                   f"{len(groups['unsafe'])} unsafe inputs; right, false flags on the "
                   f"{len(groups['safe'])} safe inputs; one line per budget d, dots at the "
-                  "tables' radii.", ""]
+                  "tables' radii (lines of budgets at 0 overlap on the axis).", ""]
     else:
         lines += [f"`certified_accuracy.png`: certified accuracy of the {n_rows} examples, one "
                   "line per budget d, dots at the table's radii; dashed: clean accuracy.", ""]
@@ -450,7 +452,8 @@ def _plot_shares(path: Path, rows, settings, d_top: int) -> None:
     plt = _pyplot()
     sigma = settings.get("sigma") or 1.0
     groups = pools(rows, settings)
-    top = max(4 * sigma, max(max(r["radius"]) for r in rows) * 1.05)
+    finite = [x for r in rows for x in r["radius"] if np.isfinite(x)]  # inf: p_lower = 1
+    top = max(4 * sigma, max(finite, default=0.0) * 1.05)
     fine = np.linspace(0, top, 200)
     marks = [0.0, 0.25 * sigma, 0.5 * sigma, 1.0 * sigma, 1.5 * sigma, 2.0 * sigma, 3.0 * sigma]
     threshold = is_threshold(settings)
@@ -521,7 +524,9 @@ def _plot_frontier(path: Path, rows, settings, d_top: int) -> None:
     left.set_ylabel("certified radius r*(d)")
     left.set_xticks(budgets)
     left.set_xlim(-0.4, d_top + 0.6)
-    left.set_ylim(bottom=0)
+    highest = max([x for r in drawn for x in r["radius"][: d_top + 1] if np.isfinite(x)],
+                  default=0.0)
+    left.set_ylim(0, 1.12 * highest if highest > 0 else 1.0)
     left.grid(alpha=0.3)
     counts = largest_budget_counts(pool, settings, d_top)
     keys = list(counts)
