@@ -25,7 +25,6 @@ import numpy as np
 
 from .attacks import JointAttack
 from .baselines import MMCertSmoother, ablation_delta
-from .certificate.atoms import uniform_atoms
 from .certificate.hybrid import certified_radius, worst_case_probability
 from .datasets import load_dataset
 from .models import demo
@@ -98,8 +97,15 @@ def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0
         results["methods"][name] = summary(certs, seconds, text=name != "image-only",
                                            image=name != "text-only")
 
+    hybrid = certs_by_method["hybrid"]
+    spec = hybrid[0].settings["attack"][0]
+    results["attacker alphabet"] = spec.get("attacker_alphabet")
+    # What one changed token costs before any image shift: p_lower - V_1(0), read off the
+    # certificate itself (it depends on the kernel and the attacker's alphabet).
+    results["d=1 cost at r=0"] = float(np.median(
+        [c.p_lower - certified_bound(c, 1, 0.0) for c in hybrid]))
     results["radius ratio"] = radius_ratio(
-        float(np.median([c.p_lower for c in certs_by_method["hybrid"]])), sigma=0.5, beta=0.25,
+        float(np.median([c.p_lower for c in hybrid])), sigma=0.5, spec=spec,
         taus=(TAU, PAPER_TAU), vocab_sizes=(data.vocab_size, 32_000))
 
     # 2. beta ablation and 3. sigma, each with its own model trained under that noise.
@@ -191,14 +197,15 @@ def certified_bound(cert: Certificate, d: int, radius) -> float | np.ndarray:
     return float(out) if out.ndim == 0 else out
 
 
-def radius_ratio(p_lower: float, *, sigma: float, beta: float, taus, vocab_sizes) -> list[dict]:
-    """``r*(0)`` and ``r*(1)`` of one lower bound under uniform substitution, for each ``tau`` and
-    alphabet size: how much the ratio at d = 1 depends on each (certificate only, no model)."""
+def radius_ratio(p_lower: float, *, sigma: float, spec: dict, taus, vocab_sizes) -> list[dict]:
+    """``r*(0)`` and ``r*(1)`` of one lower bound under a recorded uniform-kernel attack ``spec``
+    with its alphabet size replaced, for each ``tau``: how much the ratio at d = 1 depends on
+    each (the certificate only, no model; the worst case over the attacker's options)."""
     out = []
     for tau in taus:
         for vocab in vocab_sizes:
-            r0, r1 = (certified_radius(p_lower, sigma=sigma, tau=tau,
-                                       atoms=uniform_atoms(d, beta=beta, vocab_size=vocab))
+            r0, r1 = (min(certified_radius(p_lower, sigma=sigma, tau=tau, atoms=atoms)
+                          for atoms in attack_atoms(dict(spec, vocab_size=vocab), d))
                       for d in (0, 1))
             out.append({"p_lower": p_lower, "tau": tau, "V": vocab, "r0": r0, "r1": r1})
     return out
@@ -256,6 +263,10 @@ COLUMNS = {
 }
 
 
+ALPHABETS = {"any": "the attacker may write any token, also outside the noise alphabet",
+             "noise": "the attacker is assumed to write only tokens of the noise alphabet"}
+
+
 def _write_markdown(out: Path, r: dict) -> None:
     hy, im, tx = r["methods"]["hybrid"], r["methods"]["image-only"], r["methods"]["text-only"]
     keys = ["certified share", "mean radius d=0", "mean radius d=1", "mean largest budget",
@@ -264,8 +275,11 @@ def _write_markdown(out: Path, r: dict) -> None:
              f"On the first {r['examples']} truly unsafe `mm-interaction` test examples, under "
              f"the threshold rule (flag when the lower bound on p(unsafe) reaches tau = "
              f"{r['tau']}); n = {r['n']:,} samples per estimate, alpha = {r['alpha']}. Every "
-             "method spends the same model calls per example. Raw numbers, including every "
-             "attacked budget, are in `paper.json`.", "",
+             "method spends the same model calls per example. Attacker alphabet "
+             f"`{r['attacker alphabet']}`: {ALPHABETS.get(r['attacker alphabet'], 'not recorded')}"
+             + (" (an assumption about the tokenizer and the input channel)"
+                if r["attacker alphabet"] == "noise" else "")
+             + ". Raw numbers, including every attacked budget, are in `paper.json`.", "",
              "Columns:", ""]
     lines += [f"- *{k}*: {v}." for k, v in COLUMNS.items()]
 
@@ -279,7 +293,6 @@ def _write_markdown(out: Path, r: dict) -> None:
     beta_ratios = {b: s["mean radius d=1"] / s["mean radius d=0"]
                    for b, s in r["beta"].items() if s["mean radius d=0"]}
     ratio_rows = r["radius ratio"]
-    tv = 1 - 0.25 * r["vocab_size"] / (r["vocab_size"] - 1)
     lines += ["", "**Finding.** Only hybrid smoothing certifies a joint budget (a changed token "
               "and an image shift at once). Its price is larger than the paper suggests. "
               "The paper expects the hybrid image radius at d = 1 to sit a few percent below "
@@ -297,12 +310,15 @@ def _write_markdown(out: Path, r: dict) -> None:
               f"{hy['mean p_lower']:.3f} against image-only's {im['mean p_lower']:.3f}, so even "
               f"its radius at d = 0 ({hy['mean radius d=0']:.3f}) is below image-only's. Second, "
               "and larger: under uniform substitution a changed token survives the noise with "
-              "probability 1 - beta, so at d = 1 the certificate gives up 1 - beta V/(V-1) of "
-              f"probability before any image shift ({tv:.3f} here with V = {r['vocab_size']}; "
-              "see the attack table, where the bound at d = 1, r = 0 is about p_lower minus "
-              "that). The image radius at d = 1 is what takes the rest down to tau, and with "
-              f"tau = {r['tau']} little is left. The certificate alone, at the hybrid's median "
-              f"p_lower = {ratio_rows[0]['p_lower']:.4f} (sigma = 0.5, beta = 0.25), shows that "
+              "probability about 1 - beta, and the certificate must assume the model fails "
+              "whenever it does. So at d = 1 it gives up about that much probability before "
+              f"any image shift: p_lower - V_1(0) = {r['d=1 cost at r=0']:.3f} here (median "
+              f"over the examples; V = {r['vocab_size']}, attacker alphabet "
+              f"`{r['attacker alphabet']}`; in the attack table the bound at d = 1, r = 0 is "
+              "p_lower minus that). The image radius at d = 1 is what takes the rest down to "
+              f"tau, and with tau = {r['tau']} little is left. The certificate alone, at the "
+              f"hybrid's median p_lower = {ratio_rows[0]['p_lower']:.4f} (sigma = 0.5, beta = "
+              "0.25), shows that "
               "tau matters and the alphabet little (a 32,000-token vocabulary makes the ratio "
               "slightly lower, not higher):", ""]
     lines += _table(["tau", "alphabet size V", "r*(0)", "r*(1)", "r*(1) / r*(0)"],
