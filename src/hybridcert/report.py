@@ -235,9 +235,13 @@ def attacker_sentence(settings: dict, rows: list[dict]) -> str:
         return ("Attacker alphabet `any`: the attacker may write any token, including tokens "
                 "outside the noise alphabet; the certificate assumes nothing about the tokenizer.")
     if who == "noise":
-        return (f"Attacker alphabet `noise`: the certificate **assumes** the attacker writes only "
+        text = (f"Attacker alphabet `noise`: the certificate **assumes** the attacker writes only "
                 f"tokens of the noise alphabet{size}. That is an assumption about the tokenizer "
                 "and the input channel; a run with `attacker_alphabet = any` needs none.")
+        if kernel.get("restricted_alphabet") is False:
+            text += (" Here the noise alphabet is the whole vocabulary, so the assumption "
+                     "excludes no token id.")
+        return text
     return "The attacker's alphabet is not recorded in these rows."
 
 
