@@ -77,8 +77,8 @@ def test_majority_report_words_numbers_and_files(tabular_run):
     # Certified accuracy at d = 0, r = 0 and the clean accuracy, recomputed from the rows.
     hits = np.sum([r["correct"] and r["largest_budget"] >= 0 for r in rows])
     assert f"| 0 | {hits / len(rows):.1%} ({hits}) |" in text
-    clean = np.mean([r["selected"] == r["true_label"] for r in rows])
-    assert clean >= hits / len(rows)  # every certified correct label is the selected one
+    clean = np.mean([r["settings"]["counted_label"] == r["true_label"] for r in rows])
+    assert clean >= hits / len(rows)  # every certified correct label is the counted one
     assert f"clean accuracy (the smoothed prediction, certified or not, is correct): {clean:.1%}" \
         in text
     abstain = sum(r["predicted"] == -1 for r in rows)
@@ -239,15 +239,17 @@ def test_rows_recompute_with_the_core(tabular_run):
     assert list(front.radii) == row["radius"]
 
 
-def test_old_rows_without_selected_still_report(tabular_run, tmp_path):
+def test_old_rows_without_a_counted_label_still_report(tabular_run, tmp_path):
     import json
     import shutil
 
     run = tmp_path / "old"
     shutil.copytree(tabular_run[0], run)
     lines = (run / "results.jsonl").read_text().splitlines()
-    stripped = [json.dumps({k: v for k, v in json.loads(x).items() if k != "selected"})
-                for x in lines]
+    rows = [json.loads(x) for x in lines]
+    for row in rows:
+        del row["settings"]["counted_label"]
+    stripped = [json.dumps(row) for row in rows]
     (run / "results.jsonl").write_text("\n".join(stripped) + "\n")
     text = report.write_report(run).read_text()
     assert re.search(r"clean accuracy .*: not recorded in these rows", text)

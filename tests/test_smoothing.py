@@ -109,22 +109,22 @@ def test_certificate_matches_the_core_on_its_counts():
     assert cert.to_dict()["radii"] == list(cert.radii)
 
 
-def test_abstaining_certificates_keep_the_selected_label_for_recompute():
+def test_abstaining_certificates_keep_the_counted_label_for_recompute():
     kernel = UniformSubstitution(beta=0.1, vocab_size=9)
     strict = SmoothedClassifier(analytic(), discrete_noise=kernel, sigma=0.5,
                                 decision="threshold", tau=0.999, random_state=3)
     cert = strict.certify(np.zeros(8, dtype=int), np.zeros(2), n=2000, d_max=2)
-    assert cert.label == ABSTAIN and cert.selected == 1 and cert.n0 == 0
+    assert cert.label == ABSTAIN and cert.settings["counted_label"] == 1 and cert.n0 == 0
     # A lower tau flags it, from the same counts: the certificate of a run made at that tau.
     lenient = SmoothedClassifier(analytic(), discrete_noise=kernel, sigma=0.5,
                                  decision="threshold", tau=1e-3, random_state=3)
     direct = lenient.certify(np.zeros(8, dtype=int), np.zeros(2), n=2000, d_max=2)
     again = recompute(cert, tau=1e-3)
     assert again.label == 1 and again.radii == direct.radii and again.count == direct.count
-    # Majority: the selected label is the top of the n0 selection samples, kept on abstention.
+    # Majority: the counted label is the top of the n0 selection samples, kept on abstention.
     vote = SmoothedClassifier(analytic(), discrete_noise=kernel, sigma=0.5, random_state=3)
     cert = vote.certify(np.zeros(8, dtype=int), np.zeros(2), n0=30, n=2000, d_max=2)
-    assert cert.selected == cert.label == 1
+    assert cert.settings["counted_label"] == cert.label == 1
 
 
 def test_abstentions_and_exceptions_count_against_the_label():
