@@ -281,3 +281,33 @@ def test_a_model_trained_on_the_raw_file_certifies_through_the_cli(tmp_path, adu
     numbers_only = LogisticRegression().fit(X[["age", "hours-per-week"]], y)
     with pytest.raises(ValueError, match=r"lack \['capital-gain'"):
         SklearnClassifier.for_table(numbers_only, adult)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"limit": 5}, "limit must be an integer >= 100"),
+    ({"limit": True}, "limit must be an integer"),
+    ({"test_fraction": 1e-9}, r"test_fraction must lie in \[0.01, 0.99\]"),
+    ({"test_fraction": 0.99999}, r"test_fraction must lie in \[0.01, 0.99\]"),
+])
+def test_loader_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        load_adult(**kwargs)
+
+
+def test_label_encodings_are_checked(adult):
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.hstack([adult.train.x_discrete[:300], adult.train.x_continuous[:300]])
+    floats = LogisticRegression(max_iter=200).fit(X, adult.train.y[:300].astype(float))
+    wrapped = SklearnClassifier.for_table(floats, adult)  # classes_ [0., 1.] are indices
+    assert set(wrapped(adult.test.x_discrete[:50], adult.test.x_continuous[:50])) <= {0, 1}
+    shifted = LogisticRegression(max_iter=200).fit(X, adult.train.y[:300] * 2 - 1)
+    with pytest.raises(ValueError, match="label indices"):
+        SklearnClassifier.for_table(shifted, adult)  # classes_ [-1, 1]: -1 would read as abstain
+    with pytest.raises(ValueError, match="distinct"):
+        SklearnClassifier(floats, classes=["a", "a "])
+    with pytest.raises(ValueError, match="not one string"):
+        SklearnClassifier(floats, classes="ab")
+    with pytest.raises(ValueError, match="at least one field"):
+        hc.certificate.frontier.categorical_frontier_by_subsets(0.99, sigma=0.5, arities=[],
+                                                                beta=0.25)

@@ -457,3 +457,30 @@ def test_bad_inputs_are_named():
     assert smoothed.predict(CLEAN_TOKENS, tuple(IMAGE), n=10) in (-1, 0, 1)  # a tuple is an array
     with pytest.raises(ValueError, match="float array"):
         smoothed.predict(CLEAN_TOKENS, 3, n=10)
+
+
+def test_a_sample_that_crashes_the_model_does_not_take_its_batch_along():
+    """A label is per sample: a token that makes the model raise costs only its own samples."""
+
+    def fragile(tokens, cont):  # raises on any batch holding the attacker's token
+        if (tokens == KEYWORD).any():
+            raise ValueError("unknown token")
+        return (cont.mean(axis=1) > 0.3).astype(int)
+
+    from hybridcert.smoothing import count_labels
+
+    x = CLEAN_TOKENS
+    attacked = attacked_inputs(L0Anywhere(), x, 1)
+    smoothed = make(fragile, KERNELS["uniform"](), L0Anywhere())
+    tokens, cont = smoothed.sample(attacked[1], IMAGE, 4000, random_state=3)
+    alone = []
+    for i in range(4000):  # each sample on its own
+        try:
+            alone.append(int(fragile(tokens[i:i + 1], cont[i:i + 1])[0]))
+        except ValueError:
+            alone.append(-1)
+    chunks = iter([(tokens[i:i + 1000], cont[i:i + 1000]) for i in range(0, 4000, 1000)])
+    seen = count_labels(fragile, lambda b: next(chunks), 4000, batch_size=1000, num_classes=2)
+    assert seen.counts[1] == alone.count(1) and seen.errors == alone.count(-1)
+    assert 2800 < seen.errors < 3200 and seen.counts[1] > 600  # ~75% keep the token and raise
+    claims_hold(smoothed, x, attacked_inputs(L0Anywhere(), x, 3), min_budget=1)

@@ -78,6 +78,14 @@ def adult_experiment(out: str | Path, *, n_examples: int = PAPER["examples"],
     beta, sigma = check_beta(beta), float(check_positive("sigma", sigma))
     if not 1 <= d_max <= 8:
         raise ValueError(f"d_max must lie in 1..8 (Adult has 8 categorical fields), got {d_max}")
+    models = list(models)
+    if not models or len(set(models)) != len(models):
+        raise ValueError(f"models must name at least one of {demo.TABULAR_ESTIMATORS}, each once, "
+                         f"got {models!r}")
+    n_examples, seed = check_int("n_examples", n_examples, minimum=1), check_int("seed", seed,
+                                                                                 minimum=0)
+    d_max, batch_size = check_int("d_max", d_max, minimum=1), check_int("batch_size", batch_size,
+                                                                        minimum=1)
     for name in models:
         if name not in demo.TABULAR_ESTIMATORS:
             raise ValueError(f"models must be among {demo.TABULAR_ESTIMATORS}, got {name!r}")

@@ -502,30 +502,49 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
                  num_classes: int) -> LabelCounts:
     """Classify ``size`` noisy samples, ``draw(b) -> (tokens, continuous)`` at a time.
 
-    The one sampling loop of the engine and the ablation baseline. An exception
-    raised by the model turns its whole batch into abstentions (logged once,
-    counted in ``errors``); labels are checked by :func:`check_labels`.
+    The one sampling loop of the engine and the ablation baseline. Labels are
+    checked by :func:`check_labels`. A sample on which the model raises is an
+    abstention (counted in ``errors``, the first error logged once). A batch
+    that raises is split in halves until the samples that raise on their own
+    are found: a label must not depend on the rest of its batch (one attacked
+    token that crashes the model would otherwise take its batch-mates along).
     """
     counts = np.zeros(num_classes, dtype=np.int64)
-    abstained = errors = 0
-    first_error = None
+    abstained = 0
+    raised: list[str] = []
     for start in range(0, size, batch_size):
         b = min(batch_size, size - start)
         tok_b, cont_b = draw(b)
-        try:
-            labels = base_classifier(tok_b, cont_b)
-        except Exception as err:  # the model failed: count the batch against the label
-            errors += b
-            if first_error is None:
-                first_error = f"{type(err).__name__}: {err}"
-                logger.warning("the base classifier raised (counted as abstentions): %s",
-                               first_error)
-            labels = np.full(b, ABSTAIN)
-        labels = check_labels(labels, b, num_classes)
+        labels = _labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes, raised)
         valid = labels >= 0
         counts += np.bincount(labels[valid], minlength=num_classes)
         abstained += int((~valid).sum())
-    return LabelCounts(counts, abstained, errors, first_error)
+    return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None)
+
+
+def _labels_per_sample(base_classifier, tokens, cont, b: int, num_classes: int,
+                       raised: list[str]) -> np.ndarray:
+    """The model's labels for a batch, bisecting on exceptions down to single samples."""
+    try:
+        labels = base_classifier(tokens, cont)
+    except Exception as err:  # any failure of the user's model is an abstention
+        if b == 1:
+            if not raised:
+                logger.warning("the base classifier raised (counted as an abstention): %s: %s",
+                               type(err).__name__, err)
+            raised.append(f"{type(err).__name__}: {err}")
+            return np.full(1, ABSTAIN, dtype=np.int64)
+        half = b // 2
+        return np.concatenate([
+            _labels_per_sample(base_classifier, _rows(tokens, 0, half), _rows(cont, 0, half),
+                               half, num_classes, raised),
+            _labels_per_sample(base_classifier, _rows(tokens, half, b), _rows(cont, half, b),
+                               b - half, num_classes, raised)])
+    return check_labels(labels, b, num_classes)
+
+
+def _rows(batch, start: int, stop: int):
+    return None if batch is None else batch[start:stop]
 
 
 def check_labels(labels, b: int, num_classes: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,11 +128,7 @@ def categorical_frontier(
     d_max : int, optional
         Largest budget; defaults to the number of fields.
     """
-    arities = [check_int("arities", a, minimum=2) for a in arities]
-    beta = check_beta(beta)
-    d_max = len(arities) if d_max is None else check_int("d_max", d_max, minimum=0)
-    if d_max > len(arities):
-        raise ValueError(f"d_max must be <= the number of fields ({len(arities)}), got {d_max}")
+    arities, beta, d_max = _check_fields(arities, beta, d_max)
     choices = [[_categorical(c, beta) for c in field_choices(arities, d)] for d in range(d_max + 1)]
     return _frontier(p_lower, sigma, tau, choices)
 
@@ -147,15 +144,26 @@ def categorical_frontier_by_subsets(
     multisets of arities instead and reuses atoms across calls; this function exists to check
     that reduction and to measure what it saves.
     """
-    arities = [check_int("arities", a, minimum=2) for a in arities]
-    beta = check_beta(beta)
-    d_max = len(arities) if d_max is None else check_int("d_max", d_max, minimum=0)
-    if d_max > len(arities):
-        raise ValueError(f"d_max must be <= the number of fields ({len(arities)}), got {d_max}")
+    arities, beta, d_max = _check_fields(arities, beta, d_max)
+    subsets = sum(math.comb(len(arities), d) for d in range(d_max + 1))
+    if subsets > 100_000:
+        raise ValueError(f"the brute force would enumerate {subsets} field subsets; lower d_max "
+                         "(categorical_frontier computes the same certificate without it)")
     choices = [[categorical_atoms([arities[i] for i in subset], beta=beta)
                 for subset in itertools.combinations(range(len(arities)), d)]
                for d in range(d_max + 1)]
     return _frontier(p_lower, sigma, tau, choices)
+
+
+def _check_fields(arities, beta, d_max) -> tuple[list[int], float, int]:
+    arities = [check_int("arities", a, minimum=2) for a in arities]
+    if not arities:
+        raise ValueError("arities must name at least one field")
+    beta = check_beta(beta)
+    d_max = len(arities) if d_max is None else check_int("d_max", d_max, minimum=0)
+    if d_max > len(arities):
+        raise ValueError(f"d_max must be <= the number of fields ({len(arities)}), got {d_max}")
+    return arities, beta, d_max
 
 
 @lru_cache(maxsize=4096)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import check_int
 from .base import Dataset, Split
 
 PENGUIN_CATEGORICAL = ["island", "sex", "year"]
@@ -128,8 +129,11 @@ def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fracti
         deviation (``extras["mean"]``, ``extras["std"]``). Labels: 0 = ``<=50K``,
         1 = ``>50K``. The card (``summary()``) lists every field with its arity.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction!r}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or \
+            not 0.01 <= test_fraction <= 0.99:
+        raise ValueError(f"test_fraction must lie in [0.01, 0.99], got {test_fraction!r}")
+    if limit is not None:
+        limit = check_int("limit", limit, minimum=100)  # both labels and splits stay populated
     path = adult_path(path)
     with path.open(newline="") as fh:
         raw = [[c.strip() for c in row] for row in csv.reader(fh) if row and any(row)]
@@ -208,6 +212,13 @@ def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -
         rng.permutation(np.flatnonzero(y == k))[: round(test_fraction * np.sum(y == k))]
         for k in range(len(classes))]))
     train = np.setdiff1d(np.arange(len(rows)), test)
+    if len(classes) < 2 or not test.size or not train.size:
+        raise ValueError(f"{name}: {len(rows)} rows give {len(classes)} label(s), {train.size} "
+                         f"training and {test.size} test rows; both labels and splits are needed")
+    single = [c for c, lv in zip(categorical, levels) if len(lv) < 2]
+    if single:
+        raise ValueError(f"{name}: the categorical fields {single} take a single value in these "
+                         "rows; nothing to substitute (use more rows)")
     # Statistics of the training rows only: nothing about the test rows leaks into the model.
     mean, std = values[train].mean(axis=0), values[train].std(axis=0)
     scaled = ((values - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)

@@ -32,8 +32,12 @@ class SklearnClassifier:
             raise ValueError("estimator must be a fitted scikit-learn classifier (has predict)")
         self.estimator = estimator
         self.features = features
+        if isinstance(classes, (str, bytes)):
+            raise ValueError("classes must be a sequence of label names, not one string")
         self.classes = None if classes is None else {str(c).strip(): k
                                                      for k, c in enumerate(classes)}
+        if classes is not None and len(self.classes) != len(classes):
+            raise ValueError(f"classes must be distinct label names, got {list(classes)!r}")
 
     @classmethod
     def for_table(cls, estimator, data) -> SklearnClassifier:
@@ -59,7 +63,15 @@ class SklearnClassifier:
                                  f"{missing} of data set {data.name!r}")
             features = functools.partial(raw_table, data)
         labels = np.asarray(getattr(estimator, "classes_", np.arange(data.num_classes)))
-        named = not np.issubdtype(labels.dtype, np.integer)
+        named = labels.dtype.kind not in "iuf"
+        if named:
+            unknown = sorted({str(c).strip() for c in labels} - set(data.class_names))
+            if unknown:
+                raise ValueError(f"the estimator predicts {unknown}, which are not label names of "
+                                 f"data set {data.name!r} ({data.class_names})")
+        elif not np.isin(labels, np.arange(data.num_classes)).all():
+            raise ValueError(f"the estimator's classes_ {labels.tolist()} must be the label indices "
+                             f"0..{data.num_classes - 1} (or the names {data.class_names})")
         return cls(estimator, features=features, classes=data.class_names if named else None)
 
     def __call__(self, tokens, continuous):

@@ -54,6 +54,7 @@ import os
 
 import numpy as np
 
+from .._validation import check_int
 from ..noise import as_numpy
 
 logger = logging.getLogger(__name__)
@@ -153,6 +154,13 @@ class HFSafetyGuard:
                 or max_batch_size < 1):
             raise ValueError(f"max_batch_size must be None, 'auto' or an integer >= 1, got "
                              f"{max_batch_size!r}")
+        for name, words in (("safe_words", safe_words), ("unsafe_words", unsafe_words)):
+            if isinstance(words, (str, bytes)) or not words or \
+                    not all(isinstance(w, str) and w for w in words):
+                raise ValueError(f"{name} must be a non-empty sequence of non-empty strings, "
+                                 f"got {words!r}")
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, minimum=1)
+        alphabet_max_chars = check_int("alphabet_max_chars", alphabet_max_chars, minimum=1)
         dtype = resolve_dtype(dtype, device)
         if getattr(model, "hf_quantizer", None) is None:  # quantised weights are placed at load
             model = model.to(device) if dtype is None else model.to(device, dtype)
