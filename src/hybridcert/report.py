@@ -35,6 +35,7 @@ from .smoothing import ABSTAIN, Certificate, recompute
 REPORT = "report.md"
 FIGURES = ("certified_accuracy.png", "frontier.png")
 TRADEOFF = "tau_tradeoff.png"
+CALLS_FIGURE = "model_calls.png"
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
@@ -164,7 +165,8 @@ def row_certificate(row: dict, settings: dict) -> Certificate:
                        largest_budget=row.get("largest_budget", -1), count=tuple(row["count"]),
                        n=tuple(row["n"]), n0=row.get("n0", 0),
                        abstentions=row.get("abstentions", 0), errors=row.get("errors", 0),
-                       model_calls=row.get("model_calls", 0), settings=recorded)
+                       model_calls=row.get("model_calls", 0), settings=recorded,
+                       runner_up=tuple(row.get("runner_up_count", ())))
 
 
 def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
@@ -384,6 +386,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         "", "## Figures", ""]
     _plot_shares(run_dir / FIGURES[0], rows, settings, d_top)
     _plot_frontier(run_dir / FIGURES[1], rows, settings, d_top)
+    plot_calls_histogram(run_dir / CALLS_FIGURE, rows)
     if threshold:
         lines += ["`certified_accuracy.png`: left, certified detection on the "
                   f"{len(groups['unsafe'])} unsafe inputs; right, false flags on the "
@@ -400,6 +403,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     if threshold:
         lines += ["`tau_tradeoff.png`: the table of the previous section as curves.", "",
                   f"![detection versus false flags across tau]({TRADEOFF})", ""]
+    lines += [f"`{CALLS_FIGURE}`: model calls per example (sequential sampling stops early on "
+              "settled examples; fixed sampling is one bar).", "",
+              f"![model calls per example]({CALLS_FIGURE})", ""]
     out = run_dir / REPORT
     out.write_text("\n".join(lines))
     return out
@@ -581,3 +587,28 @@ def _plot_tradeoff(path: Path, curve: dict, points, tau: float, settings, rows) 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_calls_histogram(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Histogram of model calls per example (log-spaced bins): where a sequential run spent.
+
+    Under fixed sampling every example costs the same and the histogram is one bar.
+    """
+    plt = _pyplot()
+    calls = np.array([r["model_calls"] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
+    low, high = max(calls.min(), 1.0), max(calls.max(), 2.0)
+    spread = high > low * 1.1
+    ax.hist(calls, bins=np.geomspace(low / 1.05, high * 1.05, 30) if spread else 10, color="C2")
+    if spread:
+        ax.set_xscale("log")
+    ax.axvline(np.median(calls), color="C3", lw=2, label=f"median {np.median(calls):.0f}")
+    ax.set_xlabel("model calls for the example")
+    ax.set_ylabel("examples")
+    ax.set_title(f"model calls per example (mean {calls.mean():.0f}, {len(calls)} examples)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -85,7 +85,7 @@ __all__ = [
 OPEN, CERTIFIED, DROPPED = 0, 1, 2
 
 
-def look_schedule(n_max: int, *, first: int = 16, ratio: float = 2.0, block: int = 16) -> np.ndarray:
+def look_schedule(n_max: int, *, first: int = 4, ratio: float = 2.0, block: int = 4) -> np.ndarray:
     """The sample counts at which a sequential rule looks: ``first``, then ``x ratio``, ``n_max``.
 
     Every look but the last is a multiple of ``block`` (the noise streams'
