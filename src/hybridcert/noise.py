@@ -488,6 +488,14 @@ class GaussianNoise:
 
     def sample(self, x, n: int, rng: np.random.Generator):
         """``n`` noisy copies of ``x`` (numpy array or torch tensor, same type and device)."""
+        return self.denoise(self.draw(x, n, rng))
+
+    def denoise(self, noisy):
+        """The denoiser applied to a noisy batch (the identity without one)."""
+        return noisy if self.denoiser is None else self.denoiser(noisy)
+
+    def draw(self, x, n: int, rng: np.random.Generator):
+        """``n`` noisy, clamped copies of ``x``, before the denoiser (drawn per noise block)."""
         if _is_torch(x):
             import torch
 
@@ -504,7 +512,7 @@ class GaussianNoise:
             noisy += x
             if self.clamp is not None:
                 np.clip(noisy, *self.clamp, out=noisy)
-        return noisy if self.denoiser is None else self.denoiser(noisy)
+        return noisy
 
     def describe(self) -> dict:
         return {"sigma": self.sigma, "clamp": list(self.clamp) if self.clamp else None,

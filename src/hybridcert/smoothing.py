@@ -45,15 +45,23 @@ certified one (:meth:`~hybridcert.noise.ThreatRegion.discrete_distance`).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy.stats import binomtest
 
+from . import sequential as seq
 from ._validation import check_int, check_open_unit, check_positive
 from .certificate.frontier import certified_frontier
+from .certificate.hybrid import (
+    multiclass_radius,
+    worst_case_probability,
+    worst_case_probability_upper,
+)
 from .noise import (
     AppendInput,
     DiscreteKernel,
@@ -65,6 +73,7 @@ from .noise import (
     to_like,
 )
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
+from .streams import NoiseStream, block_max_for
 
 __all__ = ["ABSTAIN", "Certificate", "Estimate", "SmoothedClassifier", "check_labels", "count_labels",
            "recompute"]
@@ -73,6 +82,12 @@ logger = logging.getLogger(__name__)
 
 ABSTAIN = -1
 PROTOCOLS = ("shared", "per_budget")
+SAMPLINGS = ("fixed", "sequential")
+MULTICLASS_RULES = ("runner_up", "half")
+# Default target radii of sequential sampling, in units of sigma: the report's grid.
+REPORT_RADII = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+# Noise phases of an example's stream: label selection, then the estimates.
+_SELECT, _ESTIMATE = 0, 1
 
 
 @dataclass(frozen=True)
@@ -101,11 +116,17 @@ class Certificate:
         Samples the model abstained on, and of those, samples lost to
         exceptions (with ``first_error``).
     model_calls : int
-        Noisy samples sent to the base classifier.
+        Noisy samples sent to the base classifier (``n0`` plus the samples
+        actually used: under sequential sampling ``n`` is where it stopped).
     settings : dict
         Everything the certificate depends on: alpha, tau, sigma, protocol,
-        the kernel's attack specification per budget, the threat region, and
-        the base classifier's ``describe()`` when it has one.
+        the kernel's attack specification per budget, the threat region, the
+        base classifier's ``describe()`` when it has one, the noise stream, the
+        multiclass rule, and under sequential sampling its looks, the counts at
+        the looks taken, the targets and their decisions.
+    runner_up : tuple of int
+        Under the multiclass runner-up rule, the largest count of any other
+        label per estimate (empty otherwise).
     """
 
     label: int
@@ -120,6 +141,7 @@ class Certificate:
     model_calls: int
     settings: dict = field(compare=False)
     first_error: str | None = None
+    runner_up: tuple[int, ...] = ()
 
     @property
     def certified(self) -> bool:
@@ -134,7 +156,15 @@ class Certificate:
         out = asdict(self)
         out["radii"] = list(self.radii)
         out["count"], out["n"] = list(self.count), list(self.n)
+        out["runner_up"] = list(self.runner_up)
         return out
+
+    @property
+    def decisions(self) -> dict[tuple[int, float], str]:
+        """Sequential target mode: ``(d, r) -> "certified" | "dropped" | "undecided"``."""
+        info = self.settings.get("sequential") or {}
+        return {(int(d), float(r)): status
+                for (d, r), status in zip(info.get("targets") or [], info.get("status") or [])}
 
 
 @dataclass(frozen=True)
@@ -184,10 +214,19 @@ class SmoothedClassifier:
         Which positions are noised and attackable.
     decision : {"majority", "threshold"}
         ``"majority"``: predict the most probable of ``num_classes`` labels,
-        certified when its lower bound exceeds 1/2 (Cohen's rule).
+        certified when its lower bound exceeds 1/2 (Cohen's rule), or with
+        more than two classes by ``multiclass_rule``.
         ``"threshold"``: the safety-filter rule, flag ``target_label`` iff its
         smoothed probability is at least ``tau``.
     num_classes : int >= 2
+    multiclass_rule : {"runner_up", "half"}
+        Majority rule with ``num_classes > 2``. ``"runner_up"`` (default):
+        certified where the lower bound on the top label A beats the upper
+        bound on every other label under attack (theory.md 8,
+        :func:`~hybridcert.multiclass_radius`); ``alpha`` is split, half for
+        A's lower bound and half over the ``num_classes - 1`` upper bounds.
+        ``"half"``: A's lower bound must exceed 1/2 (all of ``alpha`` on it).
+        ``benchmarks/multiclass.py`` measures both on the 10 digit classes.
     target_label : int
         The label the threshold rule certifies (for instance 1 = unsafe).
     tau : float in (0, 1)
@@ -196,8 +235,11 @@ class SmoothedClassifier:
         Passed to :class:`~hybridcert.noise.GaussianNoise`.
     batch_size : int
         Noisy samples per base-classifier call; memory stays bounded by it.
-    random_state : None, int or numpy Generator
-        Seed of the noise (``random_state`` of a call overrides it).
+    random_state : None, int, numpy SeedSequence or Generator
+        Root of the noise stream (``random_state`` of a call overrides it).
+        Samples are drawn in blocks keyed by (root, phase, block index)
+        (:mod:`hybridcert.streams`), so sample ``j`` is the same whatever the
+        batch size or where sequential sampling stops.
     """
 
     def __init__(
@@ -215,6 +257,7 @@ class SmoothedClassifier:
         denoiser: Callable | None = None,
         batch_size: int = 256,
         random_state=None,
+        multiclass_rule: str = "runner_up",
     ):
         if not callable(base_classifier):
             raise ValueError("base_classifier must be callable: f(tokens, continuous) -> labels")
@@ -245,6 +288,16 @@ class SmoothedClassifier:
         self.gaussian = None if sigma is None else GaussianNoise(self.sigma, clamp, denoiser)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.random_state = random_state
+        if multiclass_rule not in MULTICLASS_RULES:
+            raise ValueError(f"multiclass_rule must be one of {MULTICLASS_RULES}, "
+                             f"got {multiclass_rule!r}")
+        self.multiclass_rule = multiclass_rule
+
+    @property
+    def runner_up_rule(self) -> bool:
+        """Whether certificates use lower(A) > upper(runner-up) (majority, > 2 classes)."""
+        return (self.decision == "majority" and self.num_classes > 2
+                and self.multiclass_rule == "runner_up")
 
     # ------------------------------------------------------------------ public methods
 
@@ -259,9 +312,8 @@ class SmoothedClassifier:
         """
         n = check_int("n", n, minimum=1)
         alpha = float(check_open_unit("alpha", alpha))
-        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
         inputs = self._inputs(x_discrete, x_continuous)
-        counts = self._counts(inputs, n, rng).counts
+        counts = self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n).counts
         if self.decision == "threshold":
             k = int(counts[self.target_label])
             if clopper_pearson_lower(k, n, alpha) >= self.tau:
@@ -300,9 +352,10 @@ class SmoothedClassifier:
         label = self.target_label if label is None else check_int("label", label, minimum=0)
         if label >= self.num_classes:
             raise ValueError(f"label must be < num_classes ({self.num_classes}), got {label}")
-        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
-        return Estimate.from_counts(label, self._counts(self._inputs(x_discrete, x_continuous), n,
-                                                        rng), n, alpha)
+        inputs = self._inputs(x_discrete, x_continuous)
+        return Estimate.from_counts(
+            label, self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n),
+            n, alpha)
 
     def discrete_distance(self, x_discrete, x_attacked) -> int:
         """The discrete budget ``d`` an attacked input uses; a certificate at ``d`` covers it.
@@ -331,12 +384,13 @@ class SmoothedClassifier:
         use it so that they see the smoothed classifier's own noise.
         """
         n = check_int("n", n, minimum=1)
-        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
-        return self._noisy_batch(self._inputs(x_discrete, x_continuous), n, rng)
+        inputs = self._inputs(x_discrete, x_continuous)
+        return self._finish(inputs, *self._stream(inputs, random_state).take(_ESTIMATE, 0, n))
 
     def certify(self, x_discrete, x_continuous, *, n0: int = 100, n: int = 10_000,
                 alpha: float = 0.001, d_max: int | None = None, protocol: str = "shared",
-                random_state=None) -> Certificate:
+                sampling: str = "fixed", n_max: int = 100_000, targets=None,
+                rtol: float = 0.02, random_state=None) -> Certificate:
         """Cohen's CERTIFY over every budget ``d = 0..d_max`` (see the module docstring).
 
         Parameters
@@ -347,19 +401,49 @@ class SmoothedClassifier:
             The continuous part (image in [0, 1], numeric features).
         n0, n : int >= 1
             Selection and estimation samples (``n0`` is unused by the
-            threshold rule, whose label is fixed).
+            threshold rule, whose label is fixed; ``n`` by sequential sampling).
         alpha : float in (0, 1)
             Joint failure probability of every reported claim.
         d_max : int, optional
             Largest budget; defaults to ``min(8, attackable positions)``.
         protocol : {"shared", "per_budget"}
+        sampling : {"fixed", "sequential"}
+            ``"fixed"``: ``n`` estimation samples. ``"sequential"``: sample in
+            looks (4, then a factor sqrt(2), up to ``n_max``) and stop as soon
+            as the question is settled, with an anytime-valid lower bound
+            (:mod:`hybridcert.sequential`); shared protocol, threshold rule or
+            the 1/2 majority rule.
+        n_max : int >= 1
+            Sequential sampling: most estimation samples.
+        targets : None, "frontier", sequence of radii, or sequence of (d, r)
+            Sequential sampling. Target mode (the default, ``None``: the
+            report's radii ``(0, .25, .5, 1, 1.5, 2, 3) * sigma`` at every
+            budget; radii: those at every budget; pairs: exactly those)
+            stops when every target is certified or out of reach
+            (``Certificate.decisions``). ``"frontier"``: stop when samples up
+            to ``n_max`` could not raise any ``r*(d)`` by more than ``rtol``,
+            or could not certify any budget (early abstention).
+        rtol : float > 0
+            Relative tolerance of frontier mode.
         """
         n0 = check_int("n0", n0, minimum=1)
         n = check_int("n", n, minimum=1)
         alpha = float(check_open_unit("alpha", alpha))
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        rng = np.random.default_rng(self.random_state if random_state is None else random_state)
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if sampling == "sequential":
+            n_max = check_int("n_max", n_max, minimum=1)
+            rtol = float(check_positive("rtol", rtol))
+            if protocol != "shared":
+                raise ValueError("sampling='sequential' uses the shared protocol (one estimate "
+                                 "certifies every budget); protocol='per_budget' is a fixed-n "
+                                 "cost baseline")
+            if self.runner_up_rule:
+                raise ValueError("sampling='sequential' certifies with one lower bound; with "
+                                 "more than two classes pass multiclass_rule='half' to the "
+                                 "SmoothedClassifier, or use sampling='fixed'")
         inputs = self._inputs(x_discrete, x_continuous)
         attackable = inputs.attackable
         if d_max is None:
@@ -368,14 +452,18 @@ class SmoothedClassifier:
         if d_max > attackable:
             raise ValueError(f"d_max ({d_max}) exceeds the attackable positions ({attackable}) "
                              f"of the threat region")
+        target_list = None
+        if sampling == "sequential" and not (isinstance(targets, str) and targets == "frontier"):
+            target_list = _parse_targets(targets, d_max, self.sigma)
+        stream = self._stream(inputs, random_state)
 
         calls = abstained = errors = 0
         first_error = None
 
-        def tally(size):
+        def tally(phase, start, stop):
             nonlocal calls, abstained, errors, first_error
-            seen = self._counts(inputs, size, rng)
-            calls += size
+            seen = self._counts(inputs, stream, phase, start, stop)
+            calls += stop - start
             abstained += seen.abstentions
             errors += seen.errors
             first_error = first_error or seen.first_error
@@ -384,30 +472,88 @@ class SmoothedClassifier:
         if self.decision == "threshold":
             label, used_n0 = self.target_label, 0
         else:
-            label, used_n0 = int(np.argmax(tally(n0))), n0
+            label, used_n0 = int(np.argmax(tally(_SELECT, 0, n0))), n0
             label = label if calls - abstained > 0 else ABSTAIN
 
-        # Both protocols estimate the same smoothed classifier; per_budget does it d_max + 1 times.
-        estimates, level = (1, alpha) if protocol == "shared" else \
-            (d_max + 1, split_alpha(alpha, d_max + 1))
-        counts = [int(tally(n)[label]) if label != ABSTAIN else 0 for _ in range(estimates)]
-        p_lowers = [clopper_pearson_lower(k, n, level) for k in counts]
-        specs = [self._attack_spec(inputs)] * estimates
+        spec = self._attack_spec(inputs)
         settings = {
-            "decision": self.decision, "tau": self.tau, "alpha": alpha, "level": level,
+            "decision": self.decision, "tau": self.tau, "alpha": alpha,
             "counted_label": label,
             "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
             "num_classes": self.num_classes, "threat": self.threat.describe(),
             "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
             "gaussian": None if self.gaussian is None else self.gaussian.describe(),
-            "attack": specs,
             "base_classifier": _describe(self.base_classifier),
+            "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
+            "sampling": sampling, "stream": NoiseStream.describe(stream.block_max),
         }
-        cert = Certificate(label=label, p_lower=min(p_lowers), radii=(), largest_budget=-1,
-                           count=tuple(counts), n=tuple([n] * len(counts)), n0=used_n0,
+        common = {"label": label, "radii": (), "largest_budget": -1, "n0": used_n0}
+        if sampling == "sequential":
+            k, used, lower, info = self._sequential(
+                label, lambda a, b: int(tally(_ESTIMATE, a, b)[label]), spec, alpha, d_max,
+                n_max, target_list, rtol)
+            settings.update(level=info["level_per_look"], attack=[spec], sequential=info)
+            cert = Certificate(**common, p_lower=lower, count=(k,), n=(used,),
+                               abstentions=abstained, errors=errors, model_calls=calls,
+                               settings=settings, first_error=first_error)
+            return _with_radii(cert, [lower])
+
+        # Both protocols estimate the same smoothed classifier; per_budget does it d_max + 1 times.
+        estimates, level = (1, alpha) if protocol == "shared" else \
+            (d_max + 1, split_alpha(alpha, d_max + 1))
+        seen = [tally(_ESTIMATE + e, 0, n) for e in range(estimates)]
+        counts = [int(c[label]) if label != ABSTAIN else 0 for c in seen]
+        runner_up = ()
+        if self.runner_up_rule:
+            runner_up = tuple(int(np.delete(c, label).max()) if label != ABSTAIN else n
+                              for c in seen)
+        settings.update(level=level, attack=[spec] * estimates)
+        cert = Certificate(**common, p_lower=0.0, count=tuple(counts), n=(n,) * estimates,
                            abstentions=abstained, errors=errors, model_calls=calls,
-                           settings=settings, first_error=first_error)
-        return _with_radii(cert, p_lowers)
+                           settings=settings, first_error=first_error, runner_up=runner_up)
+        return _certified(cert)
+
+    def _sequential(self, label, successes, spec, alpha, d_max, n_max, target_list, rtol):
+        """Draw look by look until the targets (or the frontier) are settled.
+
+        ``successes(start, stop)`` draws samples ``start..stop-1`` of the estimate
+        and returns the count of ``label``. Returns the final count, the samples
+        used, the anytime-valid lower bound and what the certificate records.
+        """
+        cs = seq.UnionClopperPearson(seq.look_schedule(n_max), alpha=alpha)
+        info = {**cs.describe(), "n_max": n_max,
+                "mode": "frontier" if target_list is None else "targets"}
+        if target_list is None:
+            info["rtol"] = rtol
+            atoms = [attack_atoms(spec, d) for d in range(d_max + 1)]
+            p_star = p_reach = None
+        else:
+            p_star = _target_thresholds(spec, self.sigma, self.tau, target_list)
+            p_reach = seq.reachable_thresholds(p_star, cs)
+            info["targets"] = [[d, r] for d, r in target_list]
+            info["p_star"] = [float(p) for p in p_star]
+        status = None if p_star is None else np.full(p_star.shape, seq.OPEN)
+        k = used = 0
+        lower, upper = 0.0, 1.0
+        look_counts = []
+        for j, look in enumerate(cs.looks if label != ABSTAIN else ()):
+            k += successes(used, look)
+            used = look
+            look_counts.append(k)
+            lower = max(lower, float(cs.lower(k, j)))
+            upper = min(upper, float(cs.upper(k, j)))
+            if status is None:
+                done = bool(seq.frontier_converged(lower, upper, cs, sigma=self.sigma,
+                                                   tau=self.tau, atoms=atoms, rtol=rtol)[0])
+            else:
+                status = seq.target_status(lower, upper, p_star, p_reach, status)
+                done = not (status == seq.OPEN).any()
+            if done:
+                break
+        info["look_counts"] = look_counts
+        if status is not None:
+            info["status"] = [_STATUS[int(v)] for v in status]
+        return k, used, lower, info
 
     # ------------------------------------------------------------------ internals
 
@@ -435,21 +581,43 @@ class SmoothedClassifier:
             return {"kernel": "none"}
         return self.discrete_noise.attack_spec(inputs.tokens, inputs.mask)
 
-    def _noisy_batch(self, inputs: _Inputs, b: int, rng: np.random.Generator):
-        """``b`` noisy copies of prepared inputs: ``(tokens (b, L) or None, continuous (b, ...))``."""
+    def _stream(self, inputs: _Inputs, random_state) -> NoiseStream:
+        """The example's counter-based noise stream (blocks drawn by :meth:`_raw_block`)."""
+        root = self.random_state if random_state is None else random_state
+        return NoiseStream(root, lambda gen, size: self._raw_block(inputs, size, gen),
+                           block_max=block_max_for(inputs.sample_bytes))
+
+    def _raw_block(self, inputs: _Inputs, b: int, rng: np.random.Generator):
+        """``b`` noisy samples drawn from one block's generator: tokens first, then the
+        continuous part (numpy tokens; no denoiser yet, it runs per model batch)."""
         tok_b = None
         if inputs.tokens is not None:
             tok_b = inputs.tokens[None].repeat(b, 0) if self.discrete_noise is None else \
                 self.discrete_noise.sample(inputs.tokens, inputs.mask, b, rng)
-            tok_b = to_like(tok_b, inputs.like)
         cont_b = None if inputs.cont is None else (
-            self.gaussian.sample(inputs.cont, b, rng) if self.gaussian is not None
+            self.gaussian.draw(inputs.cont, b, rng) if self.gaussian is not None
             else _repeat(inputs.cont, b))
         return tok_b, cont_b
 
-    def _counts(self, inputs: _Inputs, size: int, rng) -> LabelCounts:
-        """Label counts over ``size`` noisy samples, drawn and classified batch by batch."""
-        return count_labels(self.base_classifier, lambda b: self._noisy_batch(inputs, b, rng), size,
+    def _finish(self, inputs: _Inputs, tok_b, cont_b):
+        """A model batch from stream samples: tokens as the user's array type, then the denoiser."""
+        if tok_b is not None:
+            tok_b = to_like(tok_b, inputs.like)
+        if cont_b is not None and self.gaussian is not None:
+            cont_b = self.gaussian.denoise(cont_b)
+        return tok_b, cont_b
+
+    def _counts(self, inputs: _Inputs, stream: NoiseStream, phase: int, start: int,
+                stop: int) -> LabelCounts:
+        """Label counts over samples ``start..stop-1`` of ``phase``, classified batch by batch."""
+        cursor = [start]
+
+        def draw(b):
+            a = cursor[0]
+            cursor[0] += b
+            return self._finish(inputs, *stream.take(phase, a, a + b))
+
+        return count_labels(self.base_classifier, draw, stop - start,
                             batch_size=self.batch_size, num_classes=self.num_classes)
 
 def _check_continuous(x):
@@ -486,6 +654,17 @@ class _Inputs:
     @property
     def attackable(self) -> int:
         return 0 if self.mask is None else int(self.mask.sum())
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one noisy sample (sets the noise block size)."""
+        size = 0 if self.tokens is None else self.tokens.nbytes
+        if self.cont is not None:
+            if type(self.cont).__module__.startswith("torch"):
+                size += self.cont.element_size() * self.cont.nelement()
+            else:
+                size += np.asarray(self.cont).nbytes
+        return size
 
 
 @dataclass(frozen=True)
@@ -590,6 +769,12 @@ def recompute(cert: Certificate, *, alpha: float | None = None,
     were counted is kept (so a certificate that abstained at one ``tau`` can
     certify at another), and this is valid as long as ``alpha`` and ``tau``
     are chosen without looking at this example's counts.
+
+    Sequential certificates record the count at every look they took; the
+    anytime-valid bound is recomputed from them at the new level (valid
+    whatever stopped the sampling), and the target decisions are redone:
+    "certified" where the new bound reaches the target's threshold,
+    "undecided" elsewhere (the stopping rule ran at the old settings).
     """
     if not isinstance(cert, Certificate):
         raise TypeError(f"cert must be a Certificate, got {type(cert).__name__}")
@@ -603,18 +788,55 @@ def recompute(cert: Certificate, *, alpha: float | None = None,
             raise ValueError("tau can only be changed for decision='threshold'")
         settings["tau"] = float(check_open_unit("tau", tau))
     counted = settings.get("counted_label", cert.label)
-    p_lowers = [clopper_pearson_lower(k, m, settings["level"]) if counted != ABSTAIN else 0.0
-                for k, m in zip(cert.count, cert.n)]
-    return _with_radii(replace(cert, label=counted, settings=settings, p_lower=min(p_lowers)),
-                       p_lowers)
+    cert = replace(cert, label=counted)
+    if settings.get("sampling") != "sequential":
+        return _certified(replace(cert, settings=settings))
+    info = dict(settings["sequential"])
+    cs = seq.UnionClopperPearson(info["looks"], alpha=settings["alpha"])
+    settings["level"] = info["level_per_look"] = settings["alpha"] / len(cs.looks)
+    info["alpha"] = settings["alpha"]
+    lower = 0.0
+    if counted != ABSTAIN:
+        lower = max([float(cs.lower(k, j)) for j, k in enumerate(info["look_counts"])],
+                    default=0.0)
+    if info.get("targets"):
+        targets = [(int(d), float(r)) for d, r in info["targets"]]
+        p_star = _target_thresholds(settings["attack"][0], settings["sigma"], settings["tau"],
+                                    targets)
+        info["p_star"] = [float(p) for p in p_star]
+        info["status"] = [_STATUS[seq.CERTIFIED] if lower >= p else "undecided" for p in p_star]
+    settings["sequential"] = info
+    return _with_radii(replace(cert, settings=settings, p_lower=lower), [lower])
 
 
-def _with_radii(cert: Certificate, p_lowers: list[float]) -> Certificate:
+def _certified(cert: Certificate) -> Certificate:
+    """A fixed-sampling certificate from its counts and settings: bounds, then radii."""
+    s = cert.settings
+    if cert.label == ABSTAIN:
+        return _with_radii(replace(cert, p_lower=0.0), [0.0] * len(cert.count))
+    if s.get("multiclass_rule") == "runner_up" and cert.runner_up:
+        # alpha split: half on A's lower bound, half over the other labels' upper bounds
+        # (Bonferroni over num_classes - 1 labels; CP_upper grows with the count, so the largest
+        # other count gives the largest of their bounds).
+        low = s["level"] / 2
+        up = s["level"] / (2 * (s["num_classes"] - 1))
+        p_lowers = [float(clopper_pearson_lower(k, m, low)) for k, m in zip(cert.count, cert.n)]
+        p_uppers = [min(float(clopper_pearson_upper(b, m, up)), 1.0 - pl)
+                    for b, m, pl in zip(cert.runner_up, cert.n, p_lowers)]
+        return _with_radii(replace(cert, p_lower=min(p_lowers)), p_lowers, p_uppers)
+    p_lowers = [float(clopper_pearson_lower(k, m, s["level"])) for k, m in zip(cert.count, cert.n)]
+    return _with_radii(replace(cert, p_lower=min(p_lowers)), p_lowers)
+
+
+def _with_radii(cert: Certificate, p_lowers: list[float],
+                p_uppers: list[float] | None = None) -> Certificate:
     """Radii and largest budget from the lower bound(s) and the recorded attack specifications.
 
     Shared-D: one bound certifies every budget. Per-budget: the ``d``-th
     (independent) bound certifies budget ``d``; the reported radius at ``d`` is
-    the minimum over ``d' <= d``, so the frontier stays monotone.
+    the minimum over ``d' <= d``, so the frontier stays monotone. With
+    ``p_uppers`` (the multiclass runner-up rule) a budget is certified where
+    A's worst case beats the runner-up's best case.
     """
     s = cert.settings
     d_max = s["d_max"]
@@ -622,19 +844,84 @@ def _with_radii(cert: Certificate, p_lowers: list[float]) -> Certificate:
         return replace(cert, radii=(0.0,) * (d_max + 1), largest_budget=-1)
     sigma = 1.0 if s["sigma"] is None else s["sigma"]  # discrete-only: radii are zeroed below
 
-    def frontier(p, spec, top):
-        return certified_frontier(p, sigma=sigma, tau=s["tau"],
-                                  atoms=[attack_atoms(spec, d) for d in range(top + 1)])
+    def frontier(i, top):
+        spec = s["attack"][i]
+        if p_uppers is not None:
+            return _runner_up_frontier(p_lowers[i], p_uppers[i], sigma, spec, top)
+        front = certified_frontier(p_lowers[i], sigma=sigma, tau=s["tau"],
+                                   atoms=[attack_atoms(spec, d) for d in range(top + 1)])
+        return np.asarray(front.radii), np.arange(top + 1) <= front.largest_budget
 
     if len(p_lowers) == 1:
-        front = frontier(p_lowers[0], s["attack"][0], d_max)
-        radii = front.radii
-        certified = np.arange(d_max + 1) <= front.largest_budget
+        radii, certified = frontier(0, d_max)
     else:
-        fronts = [frontier(p, spec, d) for d, (p, spec) in enumerate(zip(p_lowers, s["attack"]))]
-        radii = np.minimum.accumulate([f.radii[-1] for f in fronts])
-        certified = np.logical_and.accumulate([f.largest_budget == d for d, f in enumerate(fronts)])
+        fronts = [frontier(d, d) for d in range(len(p_lowers))]
+        radii = np.minimum.accumulate([r[-1] for r, _ in fronts])
+        certified = np.logical_and.accumulate([c[-1] for _, c in fronts])
     largest = int(certified.sum()) - 1
     radii = np.where(certified, radii, 0.0) if s["sigma"] is not None else np.zeros(d_max + 1)
     return replace(cert, radii=tuple(float(r) for r in radii), largest_budget=largest,
                    label=cert.label if largest >= 0 else ABSTAIN)
+
+
+def _runner_up_frontier(p_lower: float, p_upper: float, sigma: float, spec: dict, top: int):
+    """Radii and certified budgets ``0..top`` of the runner-up rule (worst over attacker options)."""
+    radii, certified = np.zeros(top + 1), np.zeros(top + 1, dtype=bool)
+    for d in range(top + 1):
+        options = attack_atoms(spec, d)
+        radii[d] = min(float(multiclass_radius(p_lower, p_upper, sigma=sigma, atoms=a))
+                       for a in options)
+        # At radius 0 the discrete bounds decide: A's worst case must beat B's best case.
+        certified[d] = all(
+            worst_case_probability(p_lower, sigma=sigma, atoms=a, radius=0.0)
+            > worst_case_probability_upper(p_upper, sigma=sigma, atoms=a, radius=0.0)
+            for a in options)
+    certified = np.logical_and.accumulate(certified)
+    return np.minimum.accumulate(radii), certified
+
+
+_STATUS = {seq.OPEN: "undecided", seq.CERTIFIED: "certified", seq.DROPPED: "dropped"}
+
+
+def _parse_targets(targets, d_max: int, sigma: float | None) -> list[tuple[int, float]]:
+    """The (d, r) targets of sequential target mode (see :meth:`SmoothedClassifier.certify`)."""
+    if targets is None:
+        radii = [0.0] if sigma is None else [f * sigma for f in REPORT_RADII]
+        return [(d, float(r)) for d in range(d_max + 1) for r in radii]
+    if isinstance(targets, str) or not isinstance(targets, Sequence | np.ndarray):
+        raise ValueError("targets must be None, 'frontier', a sequence of radii or a sequence "
+                         f"of (d, r) pairs, got {targets!r}")
+    items = list(targets)
+    if not items:
+        raise ValueError("targets must not be empty")
+    if all(np.ndim(t) == 0 for t in items):
+        pairs = [(d, float(r)) for d in range(d_max + 1) for r in items]
+    elif all(np.ndim(t) == 1 and len(t) == 2 for t in items):
+        pairs = [(t[0], float(t[1])) for t in items]
+    else:
+        raise ValueError("targets must be radii or (d, r) pairs, not a mix")
+    out = []
+    for d, r in pairs:
+        if not float(d).is_integer() or not 0 <= d <= d_max:
+            raise ValueError(f"a target's budget d must be an integer in [0, d_max={d_max}], "
+                             f"got {d!r}")
+        if not np.isfinite(r) or r < 0:
+            raise ValueError(f"a target's radius must be finite and >= 0, got {r!r}")
+        out.append((int(d), r))
+    return out
+
+
+def _target_thresholds(spec: dict, sigma: float | None, tau: float,
+                       targets: list[tuple[int, float]]) -> np.ndarray:
+    """``p*(d, r)`` of each target (cached per attack specification)."""
+    radii = tuple(sorted({r for _, r in targets}))
+    table = _threshold_table(json.dumps(spec, sort_keys=True), sigma, tau,
+                             max(d for d, _ in targets), radii)
+    return np.array([table[d, radii.index(r)] for d, r in targets])
+
+
+@lru_cache(maxsize=256)
+def _threshold_table(spec_json: str, sigma, tau, d_max, radii) -> np.ndarray:
+    spec = json.loads(spec_json)
+    return seq.certification_thresholds(radii, d_max=d_max, sigma=sigma, tau=tau,
+                                        atoms=lambda d: attack_atoms(spec, d))
