@@ -231,12 +231,20 @@ def test_report_cli_and_errors(tabular_run, tmp_path, capsys):
 def test_rows_recompute_with_the_core(tabular_run):
     _, rows = load_run(tabular_run[0])
     row = next(r for r in rows if r["largest_budget"] >= 1)
-    p_lower = hc.stats.clopper_pearson_lower(row["count"][0], row["n"][0], 0.001)
+    # Three species: the multiclass runner-up rule, alpha split over A and the two others.
+    assert row["settings"]["multiclass_rule"] == "runner_up"
+    n = row["n"][0]
+    p_lower = hc.stats.clopper_pearson_lower(row["count"][0], n, 0.001 / 2)
     assert p_lower == row["p_lower"]
+    p_upper = min(hc.stats.clopper_pearson_upper(row["runner_up_count"][0], n, 0.001 / 4),
+                  1 - p_lower)
     arities = row["settings"]["attack"][0]["arities"]
-    front = hc.categorical_frontier(p_lower, sigma=0.5, arities=arities, beta=0.25, d_max=3,
-                                    tau=0.5)
-    assert list(front.radii) == row["radius"]
+    radii = [min(hc.multiclass_radius(p_lower, p_upper, sigma=0.5,
+                                      atoms=hc.categorical_atoms(c, beta=0.25))
+                 for c in hc.field_choices(arities, d)) for d in range(4)]
+    radii = np.minimum.accumulate(radii)
+    top = row["largest_budget"]
+    assert list(radii[: top + 1]) == row["radius"][: top + 1]
 
 
 def test_old_rows_without_a_counted_label_still_report(tabular_run, tmp_path):

@@ -131,6 +131,12 @@ def _add_certify(commands) -> None:
                    help="samples per model call (1000). 'auto' (hf: guards): noise is drawn "
                         f"{AUTO_BATCH} samples at a time and the guard halves its forward "
                         "batch after an out-of-memory error; the size it settles on is recorded")
+    p.add_argument("--sampling", choices=("fixed", "sequential"), default="fixed",
+                   help="fixed: n samples per example; sequential: stop as soon as every "
+                        "(d, r) of the report's grid is certified or out of reach, with an "
+                        "anytime-valid bound (up to --n-max samples)")
+    p.add_argument("--n-max", type=int, default=100_000,
+                   help="most samples per example under --sampling sequential (100000)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, model and noise (0)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="run examples here (local) or on Ray actors, one model replica each "
@@ -297,6 +303,7 @@ def _prepare(args, quiet: bool = False):
         "filler": args.filler if args.threat == "append" else None,
         "attacker_alphabet": args.attacker_alphabet if kernel_name == "uniform" else None,
         "protocol": args.protocol, "batch_size": args.batch_size, "seed": args.seed,
+        **_sampling_settings(args),
         "num_classes": data.num_classes, "hybridcert": __version__, "limit": args.limit,
         "baseline": args.baseline,
     }
@@ -328,7 +335,7 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
     print(f"{min(args.limit or len(split), len(split))} test examples -> {out}/", flush=True)
     common = {"n0": args.n0, "n": args.n, "alpha": args.alpha, "d_max": args.d_max,
               "protocol": args.protocol, "seed": args.seed, "limit": args.limit,
-              "progress": not args.no_progress}
+              "progress": not args.no_progress, "sampling": args.sampling, "n_max": args.n_max}
     if args.executor == "ray":
         from .distributed import certify_split_ray
 
@@ -350,6 +357,14 @@ def _certify_and_report(args, smoothed, split, settings) -> int:
 
         print(f"report written to {write_report(out)}")
     return 0
+
+
+def _sampling_settings(args) -> dict:
+    """Run settings of the noise streams and the sampling rule (a resume must match them)."""
+    from .streams import STREAM_VERSION
+
+    return {"stream": STREAM_VERSION, "sampling": args.sampling,
+            "n_max": args.n_max if args.sampling == "sequential" else None}
 
 
 def _announce(settings: dict) -> None:
@@ -415,7 +430,7 @@ def _prepare_hf(args, quiet: bool = False):
         "tau": args.tau, "target_label": 1, "n0": args.n0, "n": args.n, "alpha": args.alpha,
         "d_max": args.d_max, "threat": "l0", "protocol": args.protocol, "image_size": size,
         "batch_size": args.batch_size, "seed": args.seed, "num_classes": 2,
-        "hybridcert": __version__, "limit": args.limit,
+        "hybridcert": __version__, "limit": args.limit, **_sampling_settings(args),
     }
     if not quiet:
         _announce(settings)

@@ -54,6 +54,8 @@ def certify_split_ray(
     gpus_per_worker: float = 0,
     max_in_flight: int | None = None,
     max_retries: int = 2,
+    sampling: str = "fixed",
+    n_max: int = 100_000,
 ) -> Path:
     """Like :func:`hybridcert.runner.certify_split`, on Ray actors built by ``builder()``.
 
@@ -90,7 +92,7 @@ def certify_split_ray(
         pool = [actor.remote(builder) for _ in range(workers)]
         limit_in_flight = max_in_flight or 2 * workers
         kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
-                  "seed": seed}
+                  "seed": seed, "sampling": sampling, "n_max": n_max}
         queue = list(todo)
         in_flight: dict = {}  # object ref -> (index, failures of certify, worker deaths)
         attempts = {i: [0, 0] for i in todo}

@@ -8,9 +8,12 @@ Layout of a run directory:
   fsynced as each example finishes. A rerun keeps finished rows, discards a
   torn last line left by a crash, and certifies only what is missing.
 
-Every example draws its noise from its own stream,
-``SeedSequence([seed, index])``, where ``index`` is its position in the split.
-A resumed, reordered or distributed run therefore gives the same numbers.
+Every example draws its noise from its own counter-based stream, keyed by
+``SeedSequence([seed, index])`` where ``index`` is its position in the split
+(:mod:`hybridcert.streams`). A resumed, reordered or distributed run, or one
+resumed with another batch size, therefore gives the same numbers. A run
+directory written with other noise streams (``settings["stream"]``) is
+refused with the reason: its rows could not be reproduced by this version.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from .smoothing import ABSTAIN, SmoothedClassifier
 RESULTS = "results.jsonl"
 SETTINGS = "run.json"
 # Settings that change results; anything else (progress bars, report options) may differ.
-_IGNORED = {"limit", "report", "out"}
+# The batch size does not change results: the noise streams are counter-based.
+_IGNORED = {"limit", "report", "out", "batch_size"}
 
 
 class SettingsMismatch(ValueError):
@@ -54,6 +58,12 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
         recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+        if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
+            raise SettingsMismatch(
+                f"{out} holds results drawn with other noise streams "
+                f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
+                f", this version draws {comparable['stream']}): the same example would get other "
+                "noise, so the run cannot be resumed or extended; use another output directory")
         if recorded != comparable:
             diff = sorted(k for k in set(recorded) | set(comparable)
                           if recorded.get(k) != comparable.get(k))
@@ -105,6 +115,8 @@ def certify_split(
     limit: int | None = None,
     progress: bool = True,
     max_retries: int = 2,
+    sampling: str = "fixed",
+    n_max: int = 100_000,
 ) -> Path:
     """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``.
 
@@ -113,7 +125,7 @@ def certify_split(
     """
     out, todo, bar = open_run(split, out, settings, limit, progress)
     kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
-              "seed": seed}
+              "seed": seed, "sampling": sampling, "n_max": n_max}
     with (out / RESULTS).open("a") as fh:
         for i in todo:
             for attempt in range(max_retries + 1):
@@ -142,11 +154,11 @@ def open_run(split: Split, out, settings: dict, limit: int | None, progress: boo
 
 def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
             x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, seed,
-            start: float) -> dict:
+            start: float, sampling: str = "fixed", n_max: int = 100_000) -> dict:
     """Certify one example with its own noise stream; the row to write."""
-    rng = np.random.default_rng(example_seed(seed, index))
     cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
-                            protocol=protocol, random_state=rng)
+                            protocol=protocol, sampling=sampling, n_max=n_max,
+                            random_state=example_seed(seed, index))
     return result_row(example_id, true_label, cert, time.perf_counter() - start)
 
 
@@ -184,9 +196,12 @@ def result_row(example_id: str, true_label: int, cert, seconds: float) -> dict:
         "abstentions": cert.abstentions,
         "errors": cert.errors,
         "model_calls": cert.model_calls,
+        "sampling": cert.settings.get("sampling", "fixed"),
         "seconds": round(seconds, 6),
         "settings": cert.settings,
     }
+    if cert.runner_up:
+        row["runner_up_count"] = list(cert.runner_up)
     if cert.first_error:
         row["first_error"] = cert.first_error
     return row

@@ -1,0 +1,266 @@
+"""The engine's sequential sampling, counter-based noise streams and multiclass runner-up rule,
+each checked end to end through the public API (certify, then attack within the certificate and
+bound the attacked smoothed probability by Monte Carlo)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+import hybridcert as hc
+from hybridcert.noise import UniformSubstitution
+from hybridcert.runner import SettingsMismatch, prepare_run_dir
+from hybridcert.smoothing import ABSTAIN
+from hybridcert.streams import STREAM_VERSION, NoiseStream, block_edges
+
+VOCAB, BETA, SIGMA = 20, 0.25, 0.5
+
+
+class HalfSpace:
+    """Flags (label 1) iff token 0 is its clean value 3 and x[0] <= b: p = (1 - beta) Phi((b - x0)/s)
+    at a clean input, in closed form. Records every batch it sees."""
+
+    def __init__(self, b: float):
+        self.b = b
+        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def __call__(self, tokens, cont):
+        self.seen.append((tokens.copy(), cont.copy()))
+        return ((tokens[:, 0] == 3) & (cont[:, 0] <= self.b)).astype(int)
+
+
+def smoothed(model, batch_size=256, **kw):
+    kw.setdefault("decision", "threshold")
+    kw.setdefault("tau", 0.05)
+    return hc.SmoothedClassifier(model, discrete_noise=UniformSubstitution(BETA, vocab_size=VOCAB),
+                                 sigma=SIGMA, batch_size=batch_size, **kw)
+
+
+TOKENS = np.array([3, 1, 4, 1, 5])
+
+
+def p_clean(b):
+    return (1 - BETA) * ndtr(b / SIGMA)
+
+
+# --------------------------------------------------------------------------- noise streams
+
+
+def test_block_layout_starts_small_and_caps():
+    edges = block_edges(5000)
+    assert list(edges[:6]) == [0, 4, 8, 16, 32, 64]
+    assert np.all(np.diff(edges)[-3:] == 1024) and edges[-1] >= 5000
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
+def test_the_model_sees_the_same_samples_whatever_the_batch_size(batch_size):
+    reference = HalfSpace(0.3)
+    ref = smoothed(reference, batch_size=333).certify(TOKENS, np.zeros(2), n=700, random_state=5)
+    model = HalfSpace(0.3)
+    cert = smoothed(model, batch_size=batch_size).certify(TOKENS, np.zeros(2), n=700,
+                                                          random_state=5)
+    for i in (0, 1):
+        assert np.array_equal(np.concatenate([s[i] for s in model.seen]),
+                              np.concatenate([s[i] for s in reference.seen]))
+    assert cert.count == ref.count and cert.radii == ref.radii
+
+
+def test_a_stream_prefix_is_the_same_whatever_the_stopping_point():
+    draws = []
+
+    def draw_block(gen, size):
+        draws.append(size)
+        return None, gen.standard_normal((size, 3))
+
+    stream = NoiseStream(np.random.SeedSequence([0, 7]), draw_block)
+    whole = stream.take(1, 0, 3000)[1]
+    again = NoiseStream(np.random.SeedSequence([0, 7]), draw_block)
+    parts = [again.take(1, a, b)[1] for a, b in [(0, 5), (5, 100), (100, 101), (101, 3000)]]
+    assert np.array_equal(np.concatenate(parts), whole)
+    other_phase = NoiseStream(np.random.SeedSequence([0, 7]), draw_block).take(0, 0, 10)[1]
+    assert not np.array_equal(other_phase, whole[:10])
+
+
+def test_torch_noise_is_batch_size_independent_too():
+    torch = pytest.importorskip("torch")
+    batches = {}
+    for bs in (5, 512):
+        got = []
+
+        def model(tokens, cont, got=got):
+            got.append(cont.clone())
+            return torch.zeros(len(cont), dtype=torch.long)
+
+        hc.SmoothedClassifier(model, discrete_noise=None, sigma=0.5, batch_size=bs).certify(
+            None, torch.zeros(4), n0=10, n=300, random_state=2)
+        batches[bs] = torch.cat(got)
+    assert torch.equal(batches[5], batches[512])
+
+
+def test_a_run_made_with_the_old_streams_is_refused_with_the_reason(tmp_path):
+    settings = {"n": 100, "seed": 0, "batch_size": 10}
+    (tmp_path / "run.json").write_text(json.dumps(settings))
+    with pytest.raises(SettingsMismatch, match="other noise streams"):
+        prepare_run_dir(tmp_path, {**settings, "stream": STREAM_VERSION})
+    fresh = tmp_path / "new"
+    prepare_run_dir(fresh, {**settings, "stream": STREAM_VERSION})
+    # another batch size resumes: the streams do not depend on it
+    prepare_run_dir(fresh, {**settings, "stream": STREAM_VERSION, "batch_size": 999})
+
+
+# --------------------------------------------------------------------------- sequential
+
+
+def test_sequential_spends_few_calls_on_a_clear_example_and_records_them():
+    model = HalfSpace(3.0)                     # p = 0.75 * Phi(6): clear, far above tau = 0.05
+    smooth = smoothed(model)
+    cert = smooth.certify(TOKENS, np.zeros(2), sampling="sequential", targets=[(0, 0.25), (0, 0.5)],
+                          random_state=1)
+    info = cert.settings["sequential"]
+    assert cert.model_calls == cert.n[0] == info["looks"][len(info["look_counts"]) - 1] < 200
+    assert cert.decisions == {(0, 0.25): "certified", (0, 0.5): "certified"}
+    assert cert.settings["stream"]["version"] == STREAM_VERSION
+    for (d, r), status in cert.decisions.items():
+        assert status == "certified" and cert.largest_budget >= d and cert.radii[d] >= r
+
+
+def test_sequential_drops_a_hopeless_target_early():
+    cert = smoothed(HalfSpace(-3.0)).certify(TOKENS, np.zeros(2), sampling="sequential",
+                                             targets=[0.0], random_state=2)
+    assert set(cert.decisions.values()) == {"dropped"}
+    assert cert.model_calls < 500 and cert.label == ABSTAIN
+
+
+@pytest.mark.parametrize("b", [0.2, 0.6, 1.2])
+def test_conformance_sequential_certificates_hold_under_attack(b):
+    """Certify in target mode, attack every certified (d, r) at its strongest (token 0 changed,
+    x0 moved by r towards the boundary), and check the claim with a Monte Carlo upper bound."""
+    smooth = smoothed(HalfSpace(b))
+    targets = [(d, r) for d in (0, 1) for r in (0.0, 0.25, 0.5, 1.0)]
+    cert = smooth.certify(TOKENS, np.zeros(2), sampling="sequential", targets=targets,
+                          alpha=0.001, random_state=int(b * 10))
+    checked = 0
+    for (d, r), status in cert.decisions.items():
+        if status != "certified":
+            continue
+        attacked = TOKENS.copy()
+        if d:
+            attacked[0] = 7                          # the token the model reads
+        est = smooth.estimate(attacked, np.array([r, 0.0]), n=20_000, alpha=1e-4,
+                              random_state=99)
+        assert est.upper >= smooth.tau, ((d, r), est)
+        checked += 1
+    assert checked >= 1
+
+
+def test_sequential_decisions_agree_with_a_fixed_run_far_from_the_boundary():
+    smooth = smoothed(HalfSpace(1.0))            # p = 0.75 * Phi(2) = 0.733
+    seq = smooth.certify(TOKENS, np.zeros(2), sampling="sequential", random_state=3)
+    fixed = smooth.certify(TOKENS, np.zeros(2), n=10_000, random_state=3)
+    for (d, r), status in seq.decisions.items():
+        if status == "certified":
+            assert fixed.largest_budget >= d and fixed.radii[d] >= r * 0.9
+    assert seq.model_calls < fixed.model_calls
+
+
+def test_recompute_is_exact_for_sequential_certificates_and_redoes_the_decisions():
+    smooth = smoothed(HalfSpace(0.5))
+    cert = smooth.certify(TOKENS, np.zeros(2), sampling="sequential", random_state=4)
+    same = hc.recompute(cert)
+    assert same.p_lower == cert.p_lower and same.radii == cert.radii
+    looser = hc.recompute(cert, alpha=0.05)
+    assert looser.p_lower >= cert.p_lower
+    assert looser.settings["level"] == pytest.approx(0.05 / len(cert.settings["sequential"]["looks"]))
+    stricter = hc.recompute(cert, tau=0.5)
+    assert all(s in ("certified", "undecided") for s in stricter.decisions.values())
+    assert sum(s == "certified" for s in stricter.decisions.values()) <= \
+        sum(s == "certified" for s in cert.decisions.values())
+
+
+def test_frontier_mode_abstains_early_and_otherwise_tracks_the_fixed_frontier():
+    hopeless = smoothed(HalfSpace(-4.0)).certify(TOKENS, np.zeros(2), sampling="sequential",
+                                                 targets="frontier", random_state=5)
+    assert hopeless.label == ABSTAIN and hopeless.model_calls <= 300   # U below tau = 0.05
+    smooth = smoothed(HalfSpace(0.5))
+    front = smooth.certify(TOKENS, np.zeros(2), sampling="sequential", targets="frontier",
+                           random_state=6)
+    fixed = smooth.certify(TOKENS, np.zeros(2), n=10_000, random_state=6)
+    assert front.settings["sequential"]["mode"] == "frontier"
+    assert front.radii[0] >= 0.9 * fixed.radii[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sampling="adaptive"), "sampling must be one of"),
+    (dict(sampling="sequential", protocol="per_budget"), "shared protocol"),
+    (dict(sampling="sequential", n_max=0), "n_max"),
+    (dict(sampling="sequential", rtol=0), "rtol"),
+    (dict(sampling="sequential", targets=[(9, 0.5)]), "budget d must be an integer"),
+    (dict(sampling="sequential", targets=[-1.0]), "radius must be finite"),
+    (dict(sampling="sequential", targets="everything"), "targets must be"),
+])
+def test_sequential_arguments_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        smoothed(HalfSpace(0.0)).certify(TOKENS, np.zeros(2), **kwargs)
+
+
+# --------------------------------------------------------------------------- multiclass
+
+
+class Bands:
+    """Three labels by the band of x[0]: 0 below -a, 1 in [-a, a], 2 above a (closed form)."""
+
+    def __init__(self, a: float):
+        self.a = a
+
+    def __call__(self, tokens, cont):
+        x = cont[:, 0]
+        return np.where(x < -self.a, 0, np.where(x <= self.a, 1, 2))
+
+
+def bands_p(a, x0, sigma):
+    low, high = ndtr((-a - x0) / sigma), ndtr((a - x0) / sigma)
+    return np.array([low, high - low, 1 - high])
+
+
+def test_runner_up_rule_certifies_where_half_cannot_and_holds_under_attack():
+    """p_A < 1/2 with two weak competitors: only lower(A) > upper(B) can certify."""
+    a, sigma = 0.25, 0.5
+    p = bands_p(a, 0.0, sigma)
+    assert p[1] < 0.5 and p[1] > p[0]
+    make = lambda rule: hc.SmoothedClassifier(Bands(a), discrete_noise=None, sigma=sigma,  # noqa: E731
+                                              num_classes=3, multiclass_rule=rule)
+    runner = make("runner_up").certify(None, np.zeros(2), n=20_000, random_state=0)
+    half = make("half").certify(None, np.zeros(2), n=20_000, random_state=0)
+    assert half.label == ABSTAIN
+    assert runner.label == 1 and runner.radii[0] > 0
+    assert runner.settings["multiclass_rule"] == "runner_up" and len(runner.runner_up) == 1
+    # Attack: move x0 by the certified radius towards a competitor; A must still beat each.
+    r = runner.radii[0]
+    smooth = make("runner_up")
+    for shift in (r, -r):
+        x = np.array([shift, 0.0])
+        top = smooth.estimate(None, x, n=50_000, label=1, alpha=1e-4, random_state=1)
+        for other in (0, 2):
+            rival = smooth.estimate(None, x, n=50_000, label=other, alpha=1e-4, random_state=1)
+            assert top.upper >= rival.lower
+        exact = bands_p(a, shift, sigma)
+        assert exact[1] >= exact[[0, 2]].max()     # and the closed form agrees
+
+
+def test_runner_up_recompute_and_binary_unchanged():
+    smooth = hc.SmoothedClassifier(Bands(0.6), discrete_noise=None, sigma=0.5, num_classes=3)
+    cert = smooth.certify(None, np.zeros(2), n=5000, random_state=0)
+    again = hc.recompute(cert)
+    assert again.radii == cert.radii and again.p_lower == cert.p_lower
+    binary = hc.SmoothedClassifier(lambda t, c: (c[:, 0] > -1).astype(int), discrete_noise=None,
+                                   sigma=0.5)
+    assert binary.certify(None, np.zeros(2), n=500, random_state=0).settings["multiclass_rule"] \
+        == "half"
+    with pytest.raises(ValueError, match="multiclass_rule"):
+        hc.SmoothedClassifier(Bands(0.6), discrete_noise=None, sigma=0.5, num_classes=3,
+                              multiclass_rule="top2")
+    with pytest.raises(ValueError, match="multiclass_rule='half'"):
+        smooth.certify(None, np.zeros(2), sampling="sequential")
