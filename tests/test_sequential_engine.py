@@ -264,3 +264,24 @@ def test_runner_up_recompute_and_binary_unchanged():
                               multiclass_rule="top2")
     with pytest.raises(ValueError, match="multiclass_rule='half'"):
         smooth.certify(None, np.zeros(2), sampling="sequential")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_cli_sequential_run_records_its_calls_and_draws_the_histogram(tmp_path):
+    from hybridcert.cli import main
+    from hybridcert.report import load_run
+
+    out = tmp_path / "seq"
+    assert main(["certify", "--dataset", "tabular", "--sampling", "sequential", "--n-max",
+                 "3000", "--limit", "8", "--out", str(out), "--no-progress"]) == 0
+    settings, rows = load_run(out)
+    assert settings["sampling"] == "sequential" and settings["stream"] == STREAM_VERSION
+    assert all(r["sampling"] == "sequential" for r in rows)
+    assert all(r["settings"]["multiclass_rule"] == "half" for r in rows)   # 3 species
+    calls = [r["model_calls"] for r in rows]
+    assert len(set(calls)) > 1 and max(calls) <= 100 + 3000
+    assert all(r["model_calls"] == r["n0"] + r["n"][0] for r in rows)
+    assert (out / "model_calls.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](model_calls.png)" in (out / "report.md").read_text()

@@ -316,6 +316,8 @@ def _prepare(args, quiet: bool = False):
         decision=decision,
         num_classes=data.num_classes, target_label=args.target_label,
         tau=args.tau if decision == "threshold" else None, batch_size=args.batch_size,
+        # sequential sampling certifies from one lower bound: lower(A) > 1/2 with > 2 classes
+        multiclass_rule="half" if args.sampling == "sequential" else "runner_up",
     )
     split = data.test
     if isinstance(model, TorchClassifier):
