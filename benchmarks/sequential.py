@@ -4,8 +4,8 @@
 
 Populations (all under the demo's certificate: threshold rule, tau = 0.05,
 sigma = 0.5, uniform token substitution beta = 0.25 over the demo vocabulary,
-L0 threat on its 10 tokens, an attacker who may write any symbol (the
-default), alpha = 0.001):
+L0 threat on its 10 tokens (the kernel's whole vocabulary is the symbol
+space, so the attacker writes symbols of it), alpha = 0.001):
 
 - ``uniform``: analytic classifiers whose smoothed probability is known in
   closed form, spread uniformly from p = tau to p = 1. Such a classifier is a
@@ -194,11 +194,14 @@ def demo_engine(targets, n_max=N_MAX):
 
 
 def demo_spec() -> dict:
+    """The attack specification the engine records for a demo example (10 tokens, L0)."""
     from hybridcert.datasets import load_dataset
+    from hybridcert.noise import UniformSubstitution
 
-    vocab = load_dataset("mm-interaction", seed=0).vocab_size
-    return {"kernel": "uniform", "beta": 0.25, "vocab_size": vocab, "inside": 10, "outside": 0,
-            "attacker_alphabet": "any"}
+    data = load_dataset("mm-interaction", seed=0)
+    kernel = UniformSubstitution(beta=0.25, vocab_size=data.vocab_size)
+    tokens = np.asarray(data.test.x_discrete[0])
+    return kernel.attack_spec(tokens, np.ones(tokens.size, dtype=bool))
 
 
 # --------------------------------------------------------------------------- report
@@ -220,7 +223,8 @@ def main() -> None:
           f"looks={list(look_schedule(N_MAX))}, kernel={spec}")
     for name, p in populations(args.examples, rng, not args.no_demo).items():
         start = time.perf_counter()
-        print(f"\n== population {name}: {p.size} examples, p in [{p.min():.4g}, {p.max():.4g}], "
+        print(flush=True)
+        print(f"== population {name}: {p.size} examples, p in [{p.min():.4g}, {p.max():.4g}], "
               f"median p {np.median(p):.4g}")
         header = (f"{'question':<16}{'arm':<9}{'median calls':>13}{'mean calls':>11}"
                   f"{'fixed/median':>13}{'cert share':>11}{'vs fixed':>9}")

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,11 @@ ARGV = ["certify", "--n", "600", "--n0", "20", "--no-report", "--no-progress"]
 
 @pytest.fixture(scope="module")
 def local_ray(model_cache):
-    tests_dir = str(Path(__file__).parent)
+    import hybridcert
+
+    # Workers import the same hybridcert as this process (a worktree's, not an editable install's).
+    source = str(Path(hybridcert.__file__).resolve().parents[1])
+    tests_dir = os.pathsep.join([str(Path(__file__).parent), source])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
              runtime_env={"env_vars": {"PYTHONPATH": tests_dir,
                                        "HYBRIDCERT_CACHE": str(model_cache)}})
