@@ -267,6 +267,15 @@ def main() -> None:
             print(f"{'':<16}{arm:<9}{med:>13.0f}{calls.mean():>11.0f}{N_FIXED / med:>13.1f}"
                   f"{cert.mean():>11.3f}{cert.mean() - fixed_cert.mean():>+9.3f}"
                   f"  (worst grid point {-worst * 100:+.2f} points)")
+            if arm == "ours":
+                # Where the calls go: examples whose p lies within 3 fixed-n standard errors
+                # of some target's threshold (the ones fixed n decides by a coin flip).
+                se = np.sqrt(p * (1 - p) / N_FIXED)
+                near = (np.abs(p[:, None] - p_star[None, :]) < 3 * se[:, None] + 1e-4).any(1)
+                print(f"{'':<25}cost: {near.mean():.0%} of the examples lie within 3 standard "
+                      f"errors of a threshold and take {calls[near].sum() / calls.sum():.0%} of "
+                      f"the calls (median {np.median(calls[near]) if near.any() else 0:.0f}; "
+                      f"others: median {np.median(calls[~near]) if (~near).any() else 0:.0f})")
         front, calls = frontier_arm(p, atoms, rng)
         fixed_front = certified_frontier(fixed_lower, sigma=SIGMA, tau=TAU, atoms=atoms)
         fr, sr = fixed_front.radii, front.radii
