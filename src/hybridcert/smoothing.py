@@ -483,7 +483,6 @@ class SmoothedClassifier:
             "num_classes": self.num_classes, "threat": self.threat.describe(),
             "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
             "gaussian": None if self.gaussian is None else self.gaussian.describe(),
-            "base_classifier": _describe(self.base_classifier),
             "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
             "sampling": sampling, "stream": NoiseStream.describe(stream.block_max),
         }
@@ -492,7 +491,9 @@ class SmoothedClassifier:
             k, used, lower, info = self._sequential(
                 label, lambda a, b: int(tally(_ESTIMATE, a, b)[label]), spec, alpha, d_max,
                 n_max, target_list, rtol)
-            settings.update(level=info["level_per_look"], attack=[spec], sequential=info)
+            # described after sampling: a guard records the forward batch it settled on
+            settings.update(level=info["level_per_look"], attack=[spec], sequential=info,
+                            base_classifier=_describe(self.base_classifier))
             cert = Certificate(**common, p_lower=lower, count=(k,), n=(used,),
                                abstentions=abstained, errors=errors, model_calls=calls,
                                settings=settings, first_error=first_error)
@@ -507,7 +508,8 @@ class SmoothedClassifier:
         if self.runner_up_rule:
             runner_up = tuple(int(np.delete(c, label).max()) if label != ABSTAIN else n
                               for c in seen)
-        settings.update(level=level, attack=[spec] * estimates)
+        settings.update(level=level, attack=[spec] * estimates,
+                        base_classifier=_describe(self.base_classifier))
         cert = Certificate(**common, p_lower=0.0, count=tuple(counts), n=(n,) * estimates,
                            abstentions=abstained, errors=errors, model_calls=calls,
                            settings=settings, first_error=first_error, runner_up=runner_up)
