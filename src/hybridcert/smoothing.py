@@ -37,6 +37,15 @@ budget ``d``, as the published scripts do, would define another classifier per
 budget, and its certificate would say nothing about the one ``predict``
 evaluates; theory.md 2.)
 
+Sequential sampling (``sampling="sequential"``) draws the estimate in looks
+and stops when the requested (d, r) targets are certified or out of reach,
+with an anytime-valid lower bound (:mod:`hybridcert.sequential`); it costs
+``n0 +`` the samples it used. Every sample comes from a counter-based stream
+(:mod:`hybridcert.streams`): sample ``j`` of a call is the same whatever the
+batch size or the stopping point. With more than two labels the majority
+rule certifies by ``lower(A) > upper(every other label)`` unless
+``multiclass_rule="half"``.
+
 The invariant every certificate keeps: it is a claim about exactly the
 function that :meth:`SmoothedClassifier.predict` (and :meth:`estimate`)
 computes, at every input the threat region it records can reach from the
