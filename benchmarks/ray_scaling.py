@@ -11,13 +11,13 @@ wall time not spent inside workers, divided by the examples).
 from __future__ import annotations
 
 import argparse
-import functools
 import tempfile
 import time
 from pathlib import Path
 
-from hybridcert.cli import _prepare, _rebuild_smoothed, build_parser
+from hybridcert.cli import build_parser
 from hybridcert.distributed import certify_split_ray
+from hybridcert.run import RunConfig, plan
 from hybridcert.runner import certify_split, read_results
 
 
@@ -29,7 +29,8 @@ def main() -> None:
     argv = ["certify", "--n", str(options.n), "--limit", str(options.examples), "--no-report",
             "--no-progress"]
     args = build_parser().parse_args(argv)
-    smoothed, split, settings = _prepare(args, quiet=True)
+    run = plan(RunConfig.from_args(args))
+    smoothed, split, settings = run.builder(), run.split, run.settings()
     print(f"{options.examples} examples, n = {options.n}, demo model, 2 cores\n")
     print(f"{'executor':<16}{'seconds':>9}{'examples/s':>12}{'speed-up':>10}{'driver ms/ex':>14}")
     print("-" * 61)
@@ -46,7 +47,7 @@ def main() -> None:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
             out = Path(tmp) / f"ray{workers}"
-            builder = functools.partial(_rebuild_smoothed, vars(args))
+            builder = run.builder
             start = time.perf_counter()
             certify_split_ray(builder, split, out, settings, n0=100, n=options.n, alpha=0.001,
                               d_max=None, limit=options.examples, progress=False,

@@ -4,12 +4,10 @@ import os
 
 import numpy as np
 
-from hybridcert.cli import _rebuild_smoothed
 
-
-def killing_builder(arg_dict: dict, flag: str):
-    """The CLI's smoothed classifier, whose model kills its process once (when ``flag`` is new)."""
-    smoothed = _rebuild_smoothed(arg_dict)
+def killing_builder(builder, flag: str):
+    """The run's smoothed classifier, whose model kills its process once (when ``flag`` is new)."""
+    smoothed = builder()
     inner = smoothed.base_classifier
 
     def model(tokens, images):
@@ -23,9 +21,9 @@ def killing_builder(arg_dict: dict, flag: str):
     return smoothed
 
 
-def failing_builder(arg_dict: dict, poison: list):
-    """The CLI's smoothed classifier, whose certify raises on the example with tokens ``poison``."""
-    smoothed = _rebuild_smoothed(arg_dict)
+def failing_builder(builder, poison: list):
+    """The run's smoothed classifier, whose certify raises on the example with tokens ``poison``."""
+    smoothed = builder()
     certify = smoothed.certify
 
     def broken(x_discrete, x_continuous, **kwargs):

@@ -10,8 +10,9 @@ import pytest
 ray = pytest.importorskip("ray")
 
 import ray_helpers  # noqa: E402
-from hybridcert.cli import _prepare, build_parser, main  # noqa: E402
+from hybridcert.cli import build_parser, main  # noqa: E402
 from hybridcert.distributed import certify_split_ray  # noqa: E402
+from hybridcert.run import RunConfig, plan  # noqa: E402
 from hybridcert.runner import certify_split, read_results  # noqa: E402
 
 ARGV = ["certify", "--n", "600", "--n0", "20", "--no-report", "--no-progress"]
@@ -36,8 +37,9 @@ def rows(path):
             for k, r in read_results(Path(path) / "results.jsonl").items()}
 
 
-def args_for(out, limit):
-    return build_parser().parse_args([*ARGV, "--limit", str(limit), "--out", str(out)])
+def plan_for(out, limit):
+    args = build_parser().parse_args([*ARGV, "--limit", str(limit), "--out", str(out)])
+    return plan(RunConfig.from_args(args))
 
 
 def test_ray_rows_equal_local_rows_and_the_driver_resumes(local_ray, tmp_path):
@@ -52,14 +54,14 @@ def test_ray_rows_equal_local_rows_and_the_driver_resumes(local_ray, tmp_path):
 
 
 def test_a_killed_worker_loses_nothing(local_ray, tmp_path):
-    args = args_for(tmp_path / "killed", 6)
-    smoothed, split, settings = _prepare(args, quiet=True)
+    run = plan_for(tmp_path / "killed", 6)
+    split, settings = run.split, run.settings()
     flag = str(tmp_path / "killed-once")
-    builder = functools.partial(ray_helpers.killing_builder, vars(args), flag)
+    builder = functools.partial(ray_helpers.killing_builder, run.builder, flag)
     certify_split_ray(builder, split, tmp_path / "killed", settings, n0=20, n=600, alpha=0.001,
                       d_max=None, limit=6, progress=False, workers=2)
     assert Path(flag).exists()  # a worker really died
-    certify_split(smoothed, split, tmp_path / "clean", settings, n0=20, n=600, alpha=0.001,
+    certify_split(run.builder(), split, tmp_path / "clean", settings, n0=20, n=600, alpha=0.001,
                   d_max=None, limit=6, progress=False)
     lines = (tmp_path / "killed" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 6 and len({json.loads(x)["id"] for x in lines}) == 6
@@ -67,10 +69,10 @@ def test_a_killed_worker_loses_nothing(local_ray, tmp_path):
 
 
 def test_an_example_that_keeps_failing_becomes_a_failed_row(local_ray, tmp_path):
-    args = args_for(tmp_path / "failing", 4)
-    _, split, settings = _prepare(args, quiet=True)
+    run = plan_for(tmp_path / "failing", 4)
+    split, settings = run.split, run.settings()
     poison = [int(t) for t in split.x_discrete[2]]
-    builder = functools.partial(ray_helpers.failing_builder, vars(args), poison)
+    builder = functools.partial(ray_helpers.failing_builder, run.builder, poison)
     certify_split_ray(builder, split, tmp_path / "failing", settings, n0=20, n=600, alpha=0.001,
                       d_max=None, limit=4, progress=False, workers=2, max_retries=2)
     result = read_results(tmp_path / "failing" / "results.jsonl")
@@ -81,10 +83,24 @@ def test_an_example_that_keeps_failing_becomes_a_failed_row(local_ray, tmp_path)
 
 
 def test_the_local_executor_writes_failed_rows_too(tmp_path):
-    args = args_for(tmp_path / "local-failing", 3)
-    _, split, settings = _prepare(args, quiet=True)
-    smoothed = ray_helpers.failing_builder(vars(args), [int(t) for t in split.x_discrete[1]])
+    run = plan_for(tmp_path / "local-failing", 3)
+    split, settings = run.split, run.settings()
+    smoothed = ray_helpers.failing_builder(run.builder, [int(t) for t in split.x_discrete[1]])
     certify_split(smoothed, split, tmp_path / "local-failing", settings, n0=20, n=600,
                   alpha=0.001, d_max=None, limit=3, progress=False, max_retries=1)
     result = read_results(tmp_path / "local-failing" / "results.jsonl")
     assert [r.get("failed", False) for r in result.values()] == [False, True, False]
+
+
+def test_the_driver_builds_no_model(local_ray, tmp_path, monkeypatch):
+    from hybridcert.models import demo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver built a model")
+
+    # Only this (driver) process is patched: the workers build the model as usual.
+    monkeypatch.setattr(demo, "mm_interaction_model", refuse)
+    monkeypatch.setattr(demo, "tabular_model", refuse)
+    assert main([*ARGV, "--executor", "ray", "--limit", "2", "--out", str(tmp_path / "r")]) == 0
+    assert len(rows(tmp_path / "r")) == 2
+    assert not any(r.get("failed") for r in rows(tmp_path / "r").values())

@@ -274,8 +274,8 @@ def test_every_command_has_help(command, capsys):
 def test_certify_rejects_bad_settings(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["certify", "--dataset", "tabular", "--threat", "suffix", "--out", str(tmp_path)])
-    assert stop.value.code == 2 and "tables use --threat l0" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--threat: expected l0 for a table" in capsys.readouterr().err
     with pytest.raises(SystemExit) as stop:
         main(["certify", "--dataset", "tabular", "--beta", "1.5", "--out", str(tmp_path / "b")])
-    assert stop.value.code == 2 and "beta must lie in (0, 1]" in capsys.readouterr().err
+    assert stop.value.code == 2 and "--beta: expected a number in (0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "b" / "run.json").exists()  # nothing written for a refused run

@@ -4,9 +4,16 @@ Hybrid randomized smoothing (Delattre et al., ICML 2026): token substitution
 noise on the discrete part of an input, Gaussian noise on the continuous part,
 and a Neyman-Pearson certificate giving, for every discrete budget ``d``, the
 largest L2 radius ``r*(d)`` within which the smoothed decision cannot change.
-The mathematics is specified in ``docs/theory.md`` of the project.
+The mathematics is explained in ``docs/`` of the project.
+
+Run your own data: :func:`certify_dataset` writes a resumable run directory
+(``run.json``, ``results.jsonl``, ``report.md``) and :func:`load_run` reads it
+back as a pandas DataFrame.
 """
 
+__version__ = "0.1.0"
+
+from . import datasets
 from .certificate.atoms import (
     Atoms,
     PositionExperiment,
@@ -27,16 +34,17 @@ from .certificate.hybrid import (
     worst_case_probability,
     worst_case_probability_upper,
 )
+from .decision import DecisionRule
 from .noise import AppendInput
+from .runner import certify_dataset, load_run
 from .smoothing import Certificate, Estimate, SmoothedClassifier, recompute
 from .stats import clopper_pearson_lower, clopper_pearson_upper
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AppendInput",
     "Atoms",
     "Certificate",
+    "DecisionRule",
     "Estimate",
     "Frontier",
     "PositionExperiment",
@@ -48,12 +56,15 @@ __all__ = [
     "categorical_frontier",
     "certified_frontier",
     "certified_radius",
+    "certify_dataset",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
+    "datasets",
     "discrete_bound",
     "discrete_bound_upper",
     "field_choices",
     "gaussian_radius",
+    "load_run",
     "multiclass_radius",
     "product_atoms",
     "recompute",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_int, check_open_unit, check_token_id
+from .decision import DecisionRule
 from .noise import as_numpy, as_tokens
 from .smoothing import ABSTAIN, Estimate, count_labels
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
@@ -78,11 +79,13 @@ class MMCertSmoother:
         the unit that is kept or ablated and that the certificate counts.
         Without it (2-D images, feature vectors) every value is a pixel.
     decision, tau, num_classes, target_label, batch_size, random_state
-        As for :class:`~hybridcert.smoothing.SmoothedClassifier`.
+        As for :class:`~hybridcert.smoothing.SmoothedClassifier`; ``decision``
+        may be the same :class:`~hybridcert.decision.DecisionRule` value the
+        engine uses.
     """
 
     def __init__(self, base_classifier: Callable, *, k_text: int, k_image: int, mask_id: int,
-                 channel_axis: int | None = None, decision: str = "majority",
+                 channel_axis: int | None = None, decision: str | DecisionRule = "majority",
                  tau: float | None = None, num_classes: int = 2, target_label: int = 1,
                  batch_size: int = 256, random_state=None):
         if not callable(base_classifier):
@@ -93,14 +96,15 @@ class MMCertSmoother:
         self.mask_id = check_token_id("mask_id", mask_id)
         self.channel_axis = None if channel_axis is None else check_int(
             "channel_axis", channel_axis, minimum=-32)
-        if decision not in ("majority", "threshold"):
-            raise ValueError("decision must be 'majority' or 'threshold'")
-        if decision == "majority" and tau is not None and tau != 0.5:
-            raise ValueError("tau applies to decision='threshold'; majority uses 1/2")
-        self.decision = decision
-        self.tau = float(check_open_unit("tau", 0.5 if tau is None else tau))
-        self.num_classes = check_int("num_classes", num_classes, minimum=2)
-        self.target_label = check_int("target_label", target_label, minimum=0)
+        if not isinstance(decision, DecisionRule):  # the same value as the engine's
+            check_int("target_label", target_label, minimum=0)
+            decision = DecisionRule(decision, tau=tau, num_classes=num_classes,
+                                    target_label=target_label if decision == "threshold" else None)
+        self.rule = decision
+        self.decision = decision.kind
+        self.tau = decision.tau
+        self.num_classes = decision.num_classes
+        self.target_label = target_label if decision.target_label is None else decision.target_label
         if self.target_label >= self.num_classes:
             raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
         self.batch_size = check_int("batch_size", batch_size, minimum=1)

@@ -1,8 +1,9 @@
 """Certify a split across a Ray cluster: one model replica per worker, same results file.
 
 The driver keeps at most ``max_in_flight`` examples in flight over ``workers``
-actors. Each actor builds the smoothed classifier once: with it, the base
-model, loaded on the actor's CPUs or GPU. The driver streams every finished
+actors. Each actor calls the picklable ``builder`` once (for the CLI,
+:class:`hybridcert.run.SmoothedBuilder`), so it loads one model replica on its
+CPUs or GPU; the driver builds no model and holds only the examples. The driver streams every finished
 row into ``results.jsonl`` under the same rules as the local executor
 (:mod:`hybridcert.runner`): settings guard, torn-line repair, resume, one
 row per example.
@@ -23,13 +24,16 @@ Faults:
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .datasets.base import Split
-from .runner import RESULTS, failed_row, open_run, run_one, write_row
+from .runner import RESULTS, failed_row, locked, open_run, run_one, write_row
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["certify_split_ray"]
 
@@ -76,78 +80,107 @@ def certify_split_ray(
     """
     import ray
 
-    out, todo, bar = open_run(split, out, settings, limit, progress)
-    started_here = not ray.is_initialized()
-    if started_here:
-        options = {"include_dashboard": False, "log_to_driver": False,
-                   "logging_level": "ERROR", "ignore_reinit_error": True}
-        if address:
-            ray.init(address=address, **options)
-        else:
-            ray.init(num_cpus=max(1, round(workers * cpus_per_worker)),
-                     num_gpus=round(workers * gpus_per_worker) or None, **options)
-    try:
-        actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
-                           max_restarts=-1, max_task_retries=0)(_Worker)
-        pool = [actor.remote(builder) for _ in range(workers)]
-        limit_in_flight = max_in_flight or 2 * workers
-        kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
-                  "seed": seed, "sampling": sampling, "n_max": n_max}
-        queue = list(todo)
-        in_flight: dict = {}  # object ref -> (index, failures of certify, worker deaths)
-        attempts = {i: [0, 0] for i in todo}
-        turn = 0
-        with (out / RESULTS).open("a") as fh:
-            while queue or in_flight:
-                while queue and len(in_flight) < limit_in_flight:
-                    i = queue.pop(0)
-                    worker = pool[turn % len(pool)]
-                    turn += 1
-                    ref = worker.certify.remote(i, split.ids[i], int(split.y[i]),
-                                                split.x_discrete[i], split.x_continuous[i],
-                                                kwargs)
-                    in_flight[ref] = i
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
-                ref = ready[0]
-                i = in_flight.pop(ref)
-                try:
-                    kind, payload = ray.get(ref)
-                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                    attempts[i][1] += 1  # the worker died: retry elsewhere (bounded, not by us)
-                    if attempts[i][1] > 10:
-                        write_row(fh, failed_row(split.ids[i], int(split.y[i]), settings,
-                                                 "the worker died 10 times on this example"))
-                        bar.update(1)
-                    else:
-                        queue.insert(0, i)
-                    continue
-                if kind == "error":
-                    attempts[i][0] += 1
-                    if attempts[i][0] <= max_retries:
-                        queue.insert(0, i)
-                        continue
-                    write_row(fh, failed_row(split.ids[i], int(split.y[i]), settings, payload))
-                else:
-                    write_row(fh, payload)
-                bar.update(1)
-    finally:
-        bar.close()
+    with locked(out) as out:
+        todo, bar = open_run(split, out, settings, limit, progress)
+        started_here = not ray.is_initialized()
         if started_here:
-            ray.shutdown()
+            options = {"include_dashboard": False, "log_to_driver": False,
+                       "logging_level": "ERROR", "ignore_reinit_error": True}
+            if address:
+                ray.init(address=address, **options)
+            else:
+                ray.init(num_cpus=max(1, round(workers * cpus_per_worker)),
+                         num_gpus=round(workers * gpus_per_worker) or None, **options)
+        try:
+            _drive(ray, builder, split, out, todo, bar, workers=workers,
+                   cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                   max_in_flight=max_in_flight, max_retries=max_retries,
+                   kwargs={"n0": n0, "n": n, "alpha": alpha, "d_max": d_max,
+                           "protocol": protocol, "seed": seed, "sampling": sampling,
+                           "n_max": n_max})
+        finally:
+            bar.close()
+            if started_here:
+                ray.shutdown()
     return out
+
+
+def _drive(ray, builder, split, out, todo, bar, *, workers, cpus_per_worker, gpus_per_worker,
+           max_in_flight, max_retries, kwargs) -> None:
+    """Keep the actors busy and stream their rows into the results file, in order of arrival."""
+    actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
+                       max_restarts=-1, max_task_retries=0)(_Worker)
+    pool = [actor.remote(builder) for _ in range(workers)]
+    limit_in_flight = max_in_flight or 2 * workers
+    queue = list(todo)
+    in_flight: dict = {}  # object ref -> index
+    attempts = {i: [0, 0] for i in todo}  # failures of certify, worker deaths
+    template = None  # certificate-shaped settings of this run, for rows of dead workers
+    turn = 0
+
+    def failed(i, error, settings):
+        write_row(fh, failed_row(split.ids[i], _label(split.y[i]), settings, error))
+        bar.update(1)
+
+    with (out / RESULTS).open("a") as fh:
+        while queue or in_flight:
+            while queue and len(in_flight) < limit_in_flight:
+                i = queue.pop(0)
+                worker = pool[turn % len(pool)]
+                turn += 1
+                ref = worker.certify.remote(i, split.ids[i], _label(split.y[i]),
+                                            split.x_discrete[i], split.x_continuous[i], kwargs)
+                in_flight[ref] = i
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            i = in_flight.pop(ref)
+            try:
+                kind, payload, settings = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                attempts[i][1] += 1  # the worker died: retry elsewhere (bounded, not by us)
+                if attempts[i][1] > 10:
+                    failed(i, "the worker died 10 times on this example", template)
+                else:
+                    queue.insert(0, i)
+                continue
+            template = settings or template
+            if kind == "error":
+                attempts[i][0] += 1
+                if attempts[i][0] <= max_retries:
+                    queue.insert(0, i)
+                    continue
+                failed(i, payload, settings or template)
+                continue
+            if payload.get("failed"):
+                logger.warning("example %s failed and is recorded as failed: %s",
+                               payload["id"], payload["error"])
+            write_row(fh, payload)
+            bar.update(1)
+
+
+def _label(y) -> int:
+    return -1 if y is None else int(y)
 
 
 class _Worker:
     """One model replica: builds the smoothed classifier once, then certifies examples."""
 
     def __init__(self, builder: Callable):
-        self.smoothed = builder()
         self.pid = os.getpid()
+        try:
+            self.smoothed, self.broken = builder(), None
+        except Exception as err:  # said in every failed row, rather than an actor restart loop
+            self.smoothed, self.broken = None, f"building the model failed: {type(err).__name__}: {err}"
 
     def certify(self, index, example_id, label, x_discrete, x_continuous, kwargs):
+        if self.broken:
+            return "error", self.broken, None
         start = time.perf_counter()
+        settings = self.smoothed.settings_for(alpha=kwargs["alpha"], protocol=kwargs["protocol"],
+                                              d_max=kwargs["d_max"], sampling=kwargs["sampling"])
         try:
-            return "row", run_one(self.smoothed, index, example_id, label, x_discrete,
-                                  x_continuous, start=start, **kwargs)
+            row = run_one(self.smoothed, index, example_id, label, x_discrete, x_continuous,
+                          start=start, **kwargs)
+            return "row", row, settings
         except Exception as err:  # reported to the driver, which retries or writes a failed row
-            return "error", f"{type(err).__name__}: {err}"
+            return "error", f"{type(err).__name__}: {err}", settings

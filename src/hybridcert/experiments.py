@@ -18,6 +18,7 @@ Tables go to ``paper.md``, figures to PNG, the raw numbers to ``paper.json``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from .datasets import load_dataset
 from .models import demo
 from .noise import UniformSubstitution, attack_atoms
 from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
+
+logger = logging.getLogger(__name__)
 
 TAU = 0.05
 PAPER_TAU = 4.6e-5  # the paper's threshold, for a guard that is almost never wrong
@@ -45,7 +48,9 @@ def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0
     unsafe = np.flatnonzero(data.test.y == 1)[:n_examples]
     tokens = [data.test.x_discrete[i] for i in unsafe]
     images = [data.test.x_continuous[i] for i in unsafe]
-    say = print if progress else (lambda *a, **k: None)
+    def say(message, **_):
+        (logger.info if progress else logger.debug)("%s", message)
+
     results: dict = {"examples": len(unsafe), "n": n, "alpha": alpha, "tau": TAU,
                      "vocab_size": data.vocab_size}
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .decision import DecisionRule
 from .runner import RESULTS, SETTINGS, read_results
 from .smoothing import ABSTAIN, Certificate, recompute
 
@@ -295,6 +296,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     under the threshold rule ``tau_tradeoff.png``) into ``run_dir``."""
     run_dir = Path(run_dir)
     settings, rows = load_run(run_dir)
+    recorded = rows[0].get("settings") or {}
+    if "target_label" in recorded:  # the rule the certificates themselves used (one value)
+        settings = {**settings, **DecisionRule.from_settings(recorded).describe()}
     threshold = is_threshold(settings)
     sigma = settings.get("sigma") or 1.0
     d_max = len(rows[0]["radius"]) - 1

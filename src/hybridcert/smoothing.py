@@ -71,6 +71,7 @@ from .certificate.hybrid import (
     worst_case_probability,
     worst_case_probability_upper,
 )
+from .decision import DecisionRule
 from .noise import (
     AppendInput,
     DiscreteKernel,
@@ -221,7 +222,10 @@ class SmoothedClassifier:
         unchanged, and radii are 0 at every certified budget.
     threat : ThreatRegion, default L0Anywhere()
         Which positions are noised and attackable.
-    decision : {"majority", "threshold"}
+    decision : {"majority", "threshold"} or DecisionRule
+        A :class:`~hybridcert.decision.DecisionRule` carries ``tau``,
+        ``target_label`` and ``num_classes`` itself; with a string they come
+        from the arguments below.
         ``"majority"``: predict the most probable of ``num_classes`` labels,
         certified when its lower bound exceeds 1/2 (Cohen's rule), or with
         more than two classes by ``multiclass_rule``.
@@ -249,6 +253,24 @@ class SmoothedClassifier:
         Samples are drawn in blocks keyed by (root, phase, block index)
         (:mod:`hybridcert.streams`), so sample ``j`` is the same whatever the
         batch size or where sequential sampling stops.
+
+    Examples
+    --------
+    A filter that flags bright images, whatever its 6 tokens say. The
+    certificate cannot know that the tokens are ignored: each changed token
+    costs radius, less so with more token noise (``beta``).
+
+    >>> import numpy as np
+    >>> from hybridcert.noise import UniformSubstitution
+    >>> def bright(tokens, images):
+    ...     return (images.mean(axis=(1, 2)) > 0.5).astype(int)
+    >>> smoothed = SmoothedClassifier(bright, sigma=0.25, decision="threshold", tau=0.5,
+    ...     discrete_noise=UniformSubstitution(beta=0.75, vocab_size=100), random_state=0)
+    >>> cert = smoothed.certify(np.arange(6), np.ones((8, 8)), n=1000, alpha=0.001, d_max=2)
+    >>> cert.label, cert.largest_budget, cert.model_calls
+    (1, 2, 1000)
+    >>> np.round(cert.radii, 3).tolist()
+    [0.616, 0.529, 0.417]
     """
 
     def __init__(
@@ -258,7 +280,7 @@ class SmoothedClassifier:
         discrete_noise: DiscreteKernel | None,
         sigma: float | None,
         threat: ThreatRegion | None = None,
-        decision: str = "majority",
+        decision: str | DecisionRule = "majority",
         num_classes: int = 2,
         target_label: int = 1,
         tau: float | None = None,
@@ -270,8 +292,6 @@ class SmoothedClassifier:
     ):
         if not callable(base_classifier):
             raise ValueError("base_classifier must be callable: f(tokens, continuous) -> labels")
-        if decision not in ("majority", "threshold"):
-            raise ValueError("decision must be 'majority' or 'threshold'")
         if discrete_noise is not None and not isinstance(discrete_noise, DiscreteKernel):
             raise ValueError("discrete_noise must be a DiscreteKernel or None")
         if discrete_noise is None and sigma is None:
@@ -283,17 +303,17 @@ class SmoothedClassifier:
         self.discrete_noise = discrete_noise
         self.sigma = None if sigma is None else float(check_positive("sigma", sigma))
         self.threat = L0Anywhere() if threat is None else threat
-        self.decision = decision
-        self.num_classes = check_int("num_classes", num_classes, minimum=2)
-        self.target_label = check_int("target_label", target_label, minimum=0)
+        if not isinstance(decision, DecisionRule):
+            check_int("target_label", target_label, minimum=0)
+            decision = DecisionRule(decision, tau=tau, num_classes=num_classes,
+                                    target_label=target_label if decision == "threshold" else None)
+        self.rule = decision
+        self.decision = decision.kind
+        self.num_classes = decision.num_classes
+        self.tau = decision.tau
+        self.target_label = target_label if decision.target_label is None else decision.target_label
         if self.target_label >= self.num_classes:
             raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
-        if decision == "threshold":
-            self.tau = float(check_open_unit("tau", 0.5 if tau is None else tau))
-        else:
-            if tau is not None and tau != 0.5:
-                raise ValueError("tau applies to decision='threshold'; majority uses 1/2")
-            self.tau = 0.5
         self.gaussian = None if sigma is None else GaussianNoise(self.sigma, clamp, denoiser)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.random_state = random_state
@@ -485,16 +505,9 @@ class SmoothedClassifier:
             label = label if calls - abstained > 0 else ABSTAIN
 
         spec = self._attack_spec(inputs)
-        settings = {
-            "decision": self.decision, "tau": self.tau, "alpha": alpha,
-            "counted_label": label,
-            "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
-            "num_classes": self.num_classes, "threat": self.threat.describe(),
-            "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
-            "gaussian": None if self.gaussian is None else self.gaussian.describe(),
-            "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
-            "sampling": sampling, "stream": NoiseStream.describe(stream.block_max),
-        }
+        settings = self.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
+                                     sampling=sampling)
+        settings.update(counted_label=label, stream=NoiseStream.describe(stream.block_max))
         common = {"label": label, "radii": (), "largest_budget": -1, "n0": used_n0}
         if sampling == "sequential":
             k, used, lower, info = self._sequential(
@@ -565,6 +578,27 @@ class SmoothedClassifier:
         if status is not None:
             info["status"] = [_STATUS[int(v)] for v in status]
         return k, used, lower, info
+
+    def settings_for(self, *, alpha: float | None = None, protocol: str | None = None,
+                     d_max: int | None = None, sampling: str = "fixed") -> dict:
+        """The settings every certificate of this classifier records, before any example.
+
+        The per-example entries (``counted_label``, ``level``, ``attack``,
+        ``stream``, ``base_classifier``) are ``None``; :meth:`certify` fills
+        them in. The row of a failed example carries this dict, so that every
+        row's ``settings`` has the same shape.
+        """
+        return {
+            "decision": self.decision, "tau": self.tau, "alpha": alpha, "counted_label": None,
+            "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
+            "num_classes": self.num_classes, "target_label": self.rule.target_label,
+            "threat": self.threat.describe(),
+            "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
+            "gaussian": None if self.gaussian is None else self.gaussian.describe(),
+            "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
+            "sampling": sampling, "stream": None, "level": None, "attack": None,
+            "base_classifier": None,
+        }
 
     # ------------------------------------------------------------------ internals
 

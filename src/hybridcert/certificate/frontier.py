@@ -83,6 +83,15 @@ def certified_frontier(
         already ``r*(d)``: an unchanged position is a garbling of a changed
         one, so ``r*`` is non-increasing in ``d``; taking the minimum keeps the
         claim "at most ``d``" sound whatever atoms are passed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hybridcert import uniform_atoms
+    >>> front = certified_frontier(0.999, sigma=0.5, tau=4.6e-5, d_max=8,
+    ...                            atoms=lambda d: uniform_atoms(d, beta=0.25, vocab_size=32000))
+    >>> np.round(front.radii, 3).tolist(), int(front.largest_budget)
+    ([3.501, 3.109, 2.665, 2.141, 1.463, 0.0, 0.0, 0.0, 0.0], 4)
     """
     if callable(atoms):
         if d_max is None:

@@ -33,6 +33,13 @@ def gaussian_radius(p_lower, *, sigma, tau=0.5):
     ----------
     Cohen, Rosenfeld, Kolter, "Certified Adversarial Robustness via Randomized
     Smoothing", ICML 2019, Theorem 1.
+
+    Examples
+    --------
+    >>> round(gaussian_radius(0.999, sigma=0.5), 6)
+    1.545116
+    >>> gaussian_radius([0.4, 1.0], sigma=0.5)
+    array([ 0., inf])
     """
     p = check_probability("p_lower", p_lower)
     s = check_positive("sigma", sigma)

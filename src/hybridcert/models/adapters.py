@@ -18,9 +18,14 @@ class SklearnClassifier:
         Anything with ``predict``; its classes must be ``0..num_classes-1``.
     features : callable, optional
         ``features(tokens, continuous) -> X`` builds the estimator's input
-        from a noisy batch. Default: the categorical codes followed by the
-        numeric columns, ``np.hstack([tokens, continuous])``, which is what
-        :func:`hybridcert.models.demo.tabular_pipeline` expects.
+        from a noisy batch. Default: one float numpy array whose columns are
+        the categorical codes (``0..arity-1``, in the data set's field order)
+        followed by the numeric columns, ``np.hstack([tokens, continuous])``,
+        which is what :func:`hybridcert.models.demo.tabular_pipeline` expects.
+        An estimator fitted on a pandas DataFrame with column names (for
+        instance a ``ColumnTransformer`` selecting columns by name) cannot read
+        that array: fit it on numpy arrays in this layout, or pass
+        ``features``. Such an estimator fails with an error that says so.
     classes : sequence, optional
         The label names, in label order, when the estimator predicts names
         (for instance ``"<=50K"``, ``">50K"``) instead of ``0..num_classes-1``.
@@ -81,7 +86,19 @@ class SklearnClassifier:
             parts = [as_numpy(p).reshape(len(p), -1).astype(np.float64)
                      for p in (tokens, continuous) if p is not None]
             X = np.hstack(parts)
-        labels = np.asarray(self.estimator.predict(X))
+        try:
+            labels = np.asarray(self.estimator.predict(X))
+        except Exception as err:
+            names = getattr(self.estimator, "feature_names_in_", None)
+            if names is None or self.features is not None:
+                raise
+            raise ValueError(
+                f"the scikit-learn estimator was fitted on a table with column names "
+                f"({', '.join(map(str, names))}) but receives a numpy array of {X.shape[1]} "
+                "columns: the categorical codes, then the numeric fields, in the data set's "
+                "order. Fit it on numpy arrays in that layout (see README, 'Your own "
+                f"scikit-learn model'), or pass features=. ({type(err).__name__}: {err})"
+            ) from err
         if self.classes is not None:
             return np.array([self.classes.get(str(y).strip(), -1) for y in labels], dtype=np.int64)
         return labels.astype(np.int64)

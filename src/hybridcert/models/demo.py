@@ -26,6 +26,8 @@ from ..datasets.base import Dataset
 from ..noise import AbsorbingMask, CategoricalSubstitution, GaussianNoise, UniformSubstitution
 from .adapters import SklearnClassifier, TorchClassifier
 
+logger = logging.getLogger(__name__)
+
 MODEL_VERSION = 1
 
 logger = logging.getLogger(__name__)
@@ -139,8 +141,8 @@ def _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, v
         net = fusion_net(vocab_size, length, pixels)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return TorchClassifier(net)
-    if verbose:
-        print(f"training the demo model (cached afterwards in {path}) ...", flush=True)
+    (logger.info if verbose else logger.debug)(
+        "training the demo model (cached afterwards in %s) ...", path)
     with torch.random.fork_rng():  # seeded, without touching the caller's global torch RNG
         torch.manual_seed(random_state)
         net = fusion_net(vocab_size, length, pixels)
