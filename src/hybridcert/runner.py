@@ -99,6 +99,7 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
     when ``run.json`` records other settings, or is missing beside rows.
     """
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     recorded_path = out / SETTINGS
     results = out / RESULTS
     comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
