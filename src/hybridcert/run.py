@@ -208,7 +208,8 @@ class RunConfig:
         if m.batch_size != "auto":
             _positive_int("--batch-size", m.batch_size)
         elif not m.model.startswith("hf:"):
-            raise ConfigError("--batch-size", "an integer: auto applies to hf: guards", "auto")
+            raise ConfigError("--batch-size", "an integer (--batch-size auto applies to hf: "
+                              "guards)", "auto")
         _choice("--hf-rule", m.hf_rule, HF_RULES)
         _choice("--dtype", m.dtype, DTYPES)
         _choice("--kernel", z.kernel, KERNELS)
