@@ -162,10 +162,10 @@ _DEMO: dict = {}
 def demo_model():
     """The demo's smoothed classifier and test split, as `hybridcert certify` builds them."""
     if not _DEMO:
-        from hybridcert.cli import _prepare, build_parser
+        from hybridcert.run import RunConfig, plan
 
-        args = build_parser().parse_args(["certify", "--no-progress"])
-        _DEMO["smoothed"], _DEMO["split"], _ = _prepare(args, quiet=True)
+        run = plan(RunConfig())  # the default `hybridcert certify` run
+        _DEMO["smoothed"], _DEMO["split"] = run.builder(), run.split
     return _DEMO["smoothed"], _DEMO["split"]
 
 
