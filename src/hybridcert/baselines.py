@@ -96,17 +96,10 @@ class MMCertSmoother:
         self.mask_id = check_token_id("mask_id", mask_id)
         self.channel_axis = None if channel_axis is None else check_int(
             "channel_axis", channel_axis, minimum=-32)
-        if not isinstance(decision, DecisionRule):  # the same value as the engine's
-            check_int("target_label", target_label, minimum=0)
-            decision = DecisionRule(decision, tau=tau, num_classes=num_classes,
-                                    target_label=target_label if decision == "threshold" else None)
-        self.rule = decision
-        self.decision = decision.kind
-        self.tau = decision.tau
-        self.num_classes = decision.num_classes
-        self.target_label = target_label if decision.target_label is None else decision.target_label
-        if self.target_label >= self.num_classes:
-            raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
+        self.rule, self.target_label = DecisionRule.resolve(  # the same value as the engine's
+            decision, tau=tau, num_classes=num_classes, target_label=target_label)
+        self.decision, self.num_classes, self.tau = (self.rule.kind, self.rule.num_classes,
+                                                     self.rule.tau)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.random_state = random_state
 

@@ -75,6 +75,23 @@ class DecisionRule:
                 "num_classes": self.num_classes}
 
     @classmethod
+    def resolve(cls, decision, *, tau, num_classes, target_label) -> tuple[DecisionRule, int]:
+        """A smoother's ``decision`` argument (a rule or its kind) as ``(rule, target label)``.
+
+        With a kind, ``tau``, ``num_classes`` and ``target_label`` come from the
+        other arguments; the target label is returned under the majority rule too
+        (it is the default label of ``estimate``).
+        """
+        if not isinstance(decision, DecisionRule):
+            check_int("target_label", target_label, minimum=0)
+            decision = cls(decision, tau=tau, num_classes=num_classes,
+                           target_label=target_label if decision == "threshold" else None)
+        target = target_label if decision.target_label is None else decision.target_label
+        if target >= decision.num_classes:
+            raise ValueError(f"target_label must be < num_classes ({decision.num_classes})")
+        return decision, target
+
+    @classmethod
     def from_settings(cls, settings: dict) -> DecisionRule:
         """The rule recorded in a certificate's or a run's settings."""
         kind = settings.get("decision", "majority")

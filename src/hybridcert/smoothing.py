@@ -303,17 +303,10 @@ class SmoothedClassifier:
         self.discrete_noise = discrete_noise
         self.sigma = None if sigma is None else float(check_positive("sigma", sigma))
         self.threat = L0Anywhere() if threat is None else threat
-        if not isinstance(decision, DecisionRule):
-            check_int("target_label", target_label, minimum=0)
-            decision = DecisionRule(decision, tau=tau, num_classes=num_classes,
-                                    target_label=target_label if decision == "threshold" else None)
-        self.rule = decision
-        self.decision = decision.kind
-        self.num_classes = decision.num_classes
-        self.tau = decision.tau
-        self.target_label = target_label if decision.target_label is None else decision.target_label
-        if self.target_label >= self.num_classes:
-            raise ValueError(f"target_label must be < num_classes ({self.num_classes})")
+        self.rule, self.target_label = DecisionRule.resolve(
+            decision, tau=tau, num_classes=num_classes, target_label=target_label)
+        self.decision, self.num_classes, self.tau = (self.rule.kind, self.rule.num_classes,
+                                                     self.rule.tau)
         self.gaussian = None if sigma is None else GaussianNoise(self.sigma, clamp, denoiser)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.random_state = random_state
