@@ -164,9 +164,9 @@ class MMCertSmoother:
         if self.decision == "threshold":
             label = self.target_label
         else:
-            label = int(np.argmax(self._counts(tokens, image, n0, rng)))
+            label = int(np.argmax(self._seen(tokens, image, n0, rng).counts))
             calls += n0
-        counts = self._counts(tokens, image, n, rng)
+        counts = self._seen(tokens, image, n, rng).counts
         calls += n
         if self.decision == "threshold":
             p_lower, runner = clopper_pearson_lower(int(counts[label]), n, alpha), 0.0
@@ -224,6 +224,3 @@ class MMCertSmoother:
     def _seen(self, tokens, image, size, rng):
         return count_labels(self.base_classifier, lambda b: self.ablate(tokens, image, b, rng), size,
                             batch_size=self.batch_size, num_classes=self.num_classes)
-
-    def _counts(self, tokens, image, size, rng) -> np.ndarray:
-        return self._seen(tokens, image, size, rng).counts
