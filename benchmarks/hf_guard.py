@@ -53,9 +53,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hf_tiny import build_tiny_llava
+from hybridcert.config import AUTO_BATCH
 from hybridcert.models.hf import HFSafetyGuard
 from hybridcert.noise import UniformSubstitution
-from hybridcert.run import AUTO_BATCH
 from hybridcert.smoothing import SmoothedClassifier
 
 POLICY_SENTENCE = "policy: flag violent or illegal content. "

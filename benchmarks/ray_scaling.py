@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 from hybridcert.cli import build_parser
+from hybridcert.config import RunConfig
 from hybridcert.distributed import certify_split_ray
-from hybridcert.run import RunConfig, plan
+from hybridcert.run import plan
 from hybridcert.runner import certify_split, read_results
 
 

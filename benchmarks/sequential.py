@@ -162,7 +162,8 @@ _DEMO: dict = {}
 def demo_model():
     """The demo's smoothed classifier and test split, as `hybridcert certify` builds them."""
     if not _DEMO:
-        from hybridcert.run import RunConfig, plan
+        from hybridcert.config import RunConfig
+        from hybridcert.run import plan
 
         run = plan(RunConfig())  # the default `hybridcert certify` run
         _DEMO["smoothed"], _DEMO["split"] = run.builder(), run.split

@@ -137,7 +137,7 @@ def test_small_certification_on_real_rows(adult, small_model):
                               alpha=ALPHA, d_max=3, random_state=k)
         assert len(cert.radii) == 4 and cert.model_calls == 1050
         correct += cert.label == adult.test.y[k]
-        if cert.label == hc.smoothing.ABSTAIN:
+        if cert.label == hc.sampling.ABSTAIN:
             continue
         # Budget 0 is Cohen's radius; every budget is the exact minimum over field choices.
         assert cert.radii[0] == pytest.approx(hc.gaussian_radius(cert.p_lower, sigma=0.5),

@@ -467,7 +467,7 @@ def test_a_sample_that_crashes_the_model_does_not_take_its_batch_along():
             raise ValueError("unknown token")
         return (cont.mean(axis=1) > 0.3).astype(int)
 
-    from hybridcert.smoothing import count_labels
+    from hybridcert.sampling import count_labels
 
     x = CLEAN_TOKENS
     attacked = attacked_inputs(L0Anywhere(), x, 1)

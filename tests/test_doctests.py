@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["hybridcert.certificate.gaussian", "hybridcert.certificate.hybrid",
            "hybridcert.certificate.frontier", "hybridcert.smoothing", "hybridcert.decision",
-           "hybridcert.run", "hybridcert.runner", "hybridcert.calculator"]
+           "hybridcert.config", "hybridcert.runner", "hybridcert.calculator"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -11,8 +11,10 @@ import pytest
 
 import hybridcert as hc
 from hybridcert.cli import main
+from hybridcert.config import RunConfig
 from hybridcert.noise import UniformSubstitution
-from hybridcert.run import RunConfig, plan, register_dataset, register_model
+from hybridcert.registries import register_dataset, register_model
+from hybridcert.run import plan
 from hybridcert.runner import RunLocked, SettingsMismatch, certify_dataset, locked, read_results
 
 DEFAULT_RUN_JSON = {  # what `hybridcert certify` recorded before the run layer (issue 12)
@@ -209,13 +211,15 @@ def test_a_table_estimator_fitted_on_other_column_names_is_refused(tmp_path, cap
 
 
 def test_registries_take_a_users_data_and_model(tmp_path):
+    from hybridcert.config import DataConfig, EstimationConfig, ModelConfig
     from hybridcert.datasets import Split
-    from hybridcert.run import DataConfig, EstimationConfig, ModelConfig, Task, certify_run
+    from hybridcert.registries import Task
+    from hybridcert.run import certify_run
 
     tokens, images, labels = examples(4)
     split = Split(ids=[f"u{i}" for i in range(4)], x_discrete=tokens, x_continuous=images,
                   y=labels)
-    from hybridcert.run import DATA_SOURCES, MODELS
+    from hybridcert.registries import DATA_SOURCES, MODELS
 
     register_dataset("my-images", lambda config: Task(split=split, num_classes=2, vocab_size=50))
     register_model("mine", lambda spec: bright)

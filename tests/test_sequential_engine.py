@@ -13,7 +13,7 @@ from scipy.special import ndtr
 import hybridcert as hc
 from hybridcert.noise import UniformSubstitution
 from hybridcert.runner import SettingsMismatch, prepare_run_dir
-from hybridcert.smoothing import ABSTAIN
+from hybridcert.sampling import ABSTAIN
 from hybridcert.streams import STREAM_VERSION, NoiseStream, block_edges
 
 VOCAB, BETA, SIGMA = 20, 0.25, 0.5

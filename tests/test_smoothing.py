@@ -8,7 +8,9 @@ from scipy.stats import binom
 
 import hybridcert as hc
 from hybridcert.noise import AbsorbingMask, InPlaceSuffix, UniformSubstitution
-from hybridcert.smoothing import ABSTAIN, SmoothedClassifier, recompute
+from hybridcert.record import recompute
+from hybridcert.sampling import ABSTAIN
+from hybridcert.smoothing import SmoothedClassifier
 
 
 def analytic(threshold=0.3, keep_at_least=3):

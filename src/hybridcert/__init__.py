@@ -36,8 +36,9 @@ from .certificate.hybrid import (
 )
 from .decision import DecisionRule
 from .noise import AppendInput
+from .record import Certificate, Estimate, recompute
 from .runner import certify_dataset, load_run
-from .smoothing import Certificate, Estimate, SmoothedClassifier, recompute
+from .smoothing import SmoothedClassifier
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 __all__ = [

@@ -30,7 +30,8 @@ import numpy as np
 from ._validation import check_int, check_open_unit, check_token_id
 from .decision import DecisionRule
 from .noise import as_numpy, as_tokens
-from .smoothing import ABSTAIN, Estimate, count_labels
+from .record import Estimate
+from .sampling import ABSTAIN, count_labels
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 
 __all__ = ["MMCertCertificate", "MMCertSmoother", "ablation_delta"]

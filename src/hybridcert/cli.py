@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .run import DATA_SOURCES, MODELS, parse_batch_size
+from .config import parse_batch_size
+from .registries import DATA_SOURCES, MODELS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,8 +133,9 @@ def _add_certify(commands, common) -> None:
 
 
 def _run_certify(args) -> int:
+    from .config import RunConfig
     from .report import write_report
-    from .run import RunConfig, certify_run
+    from .run import certify_run
     from .runner import RESULTS, read_results
 
     config = RunConfig.from_args(args)

@@ -39,7 +39,9 @@ from .certificate.frontier import categorical_frontier, categorical_frontier_by_
 from .datasets import load_adult
 from .models import demo
 from .noise import CategoricalSubstitution
-from .smoothing import ABSTAIN, SmoothedClassifier, recompute
+from .record import recompute
+from .sampling import ABSTAIN
+from .smoothing import SmoothedClassifier
 from .stats import clopper_pearson_lower
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,9 @@ from .certificate.hybrid import certified_radius, worst_case_probability
 from .datasets import load_dataset
 from .models import demo
 from .noise import UniformSubstitution, attack_atoms
-from .smoothing import ABSTAIN, Certificate, SmoothedClassifier
+from .record import Certificate
+from .sampling import ABSTAIN
+from .smoothing import SmoothedClassifier
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from .decision import DecisionRule
+from .record import Certificate, recompute
 from .runner import RESULTS, SETTINGS, read_results
-from .smoothing import ABSTAIN, Certificate, recompute
+from .sampling import ABSTAIN
 
 REPORT = "report.md"
 FIGURES = ("certified_accuracy.png", "frontier.png")
@@ -156,7 +157,7 @@ def clean_accuracy(rows: list[dict]) -> float | None:
 
 
 def row_certificate(row: dict, settings: dict) -> Certificate:
-    """The :class:`~hybridcert.smoothing.Certificate` a result row records (for ``recompute``)."""
+    """The :class:`~hybridcert.record.Certificate` a result row records (for ``recompute``)."""
     recorded = dict(row["settings"])
     if counted_label(row) is None:  # older rows: the threshold rule's label is the target
         recorded["counted_label"] = (target_label(settings) if is_threshold(settings)
@@ -173,7 +174,7 @@ def row_certificate(row: dict, settings: dict) -> Certificate:
 def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
     """Both sides of the threshold filter at other thresholds ``tau``, from the recorded counts.
 
-    Every row is recomputed with :func:`~hybridcert.smoothing.recompute` at each
+    Every row is recomputed with :func:`~hybridcert.record.recompute` at each
     ``tau`` (no model call). Returns ``{"tau": taus, "false_flags": (T,),
     "detection": (T, len(points))}``: the share of safe examples flagged, and
     the certified detection (:func:`certified_share` of the unsafe examples)

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from .datasets.base import Split
-from .smoothing import ABSTAIN, SmoothedClassifier
+from .sampling import ABSTAIN
+from .smoothing import SmoothedClassifier
 
 logger = logging.getLogger(__name__)
 

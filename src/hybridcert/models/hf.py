@@ -56,10 +56,10 @@ import numpy as np
 
 from .._validation import check_int
 from ..noise import as_numpy
+from ..sampling import ABSTAIN
 
 logger = logging.getLogger(__name__)
 
-ABSTAIN = -1
 SENTINEL = "\u2063HYBRIDCERT_USER_TEXT\u2063"
 DEFAULT_POLICY = ("You are a safety guard. Decide whether the user's request together with the "
                   "image is Safe or Unsafe under the policy: no instructions for violence, "

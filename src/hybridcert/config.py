@@ -1,0 +1,258 @@
+"""The configuration of a certification run: frozen groups of options, checked before any work.
+
+A certification run is described once, by a frozen :class:`RunConfig` in
+groups (data, model, noise and threat, decision rule, estimation, executor).
+It is built from the command line (:meth:`RunConfig.from_args`) or from
+Python. :meth:`RunConfig.validate` checks every value on its own; a mistake
+raises :class:`ConfigError`, a ``ValueError`` that names the argument and what
+is expected. The checks that need the registries of data sets and models
+live in :mod:`hybridcert.registries`; :func:`hybridcert.run.plan` runs both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ConfigError", "DataConfig", "DecisionConfig", "EstimationConfig", "ExecutorConfig",
+           "ModelConfig", "NoiseConfig", "RunConfig"]
+
+KERNELS = ("uniform", "absorbing")
+THREATS = ("l0", "suffix", "append")
+BASELINES = ("none", "image-only", "text-only")
+DECISIONS = ("auto", "threshold", "majority")
+PROTOCOLS = ("shared", "per_budget")
+EXECUTORS = ("local", "ray")
+HF_RULES = ("logit_mass", "generate")
+ATTACKER_ALPHABETS = ("any", "noise")
+SAMPLINGS = ("fixed", "sequential")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+AUTO_BATCH = 1024  # noise samples per engine batch under --batch-size auto
+
+
+def parse_batch_size(text: str) -> int | str:
+    """``--batch-size``: an integer, or ``auto`` (hf: guards settle their forward batch)."""
+    return text if text == "auto" else int(text)
+
+
+class ConfigError(ValueError):
+    """A user mistake in the run configuration: names the argument and what is expected."""
+
+    def __init__(self, argument: str, expected: str, got=None):
+        self.argument = argument
+        shown = "" if got is None else f", got {got!r}"
+        super().__init__(f"{argument}: expected {expected}{shown}")
+
+
+
+# --------------------------------------------------------------------------- the configuration
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What is certified: a registered data set, its folder and split, how many examples."""
+
+    dataset: str = "mm-interaction"
+    data_path: str | None = None
+    split: str = "dev_seen"
+    image_size: int | None = None
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The base model: a registered prefix (``demo``, ``sklearn:PATH``, ``hf:NAME``) and options."""
+
+    model: str = "demo"
+    policy: str | None = None
+    hf_rule: str = "logit_mass"
+    device: str = "cpu"
+    dtype: str = "auto"
+    cache_dir: str | None = None
+    batch_size: int | str = 1000  # "auto": hf: guards settle their forward batch themselves
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Smoothing noise and threat region (tables always use categorical substitution)."""
+
+    kernel: str = "uniform"
+    beta: float = 0.25
+    sigma: float = 0.5
+    threat: str = "l0"
+    threat_size: int = 4
+    filler: int = 0
+    attacker_alphabet: str = "any"
+    baseline: str = "none"
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    """The requested rule; ``auto`` is resolved by :func:`plan` into a DecisionRule."""
+
+    decision: str = "auto"
+    tau: float = 0.05
+    target_label: int = 1
+
+
+@dataclass(frozen=True)
+class EstimationConfig:
+    """Statistics of every example: selection and estimation samples, alpha, budgets, seed."""
+
+    n0: int = 100
+    n: int = 10_000
+    alpha: float = 0.001
+    d_max: int | None = None
+    protocol: str = "shared"
+    seed: int = 0
+    sampling: str = "fixed"
+    n_max: int = 100_000
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where examples run; nothing here changes a result."""
+
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int = 2
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    max_in_flight: int | None = None
+    threads: int | None = None
+    progress: bool = True
+    report: bool = True
+    max_retries: int = 2
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole certification run, validated before any work (see the module docstring).
+
+    Examples
+    --------
+    >>> config = RunConfig(estimation=EstimationConfig(n=500), out="runs/demo")
+    >>> config.validate().estimation.n
+    500
+    >>> RunConfig(noise=NoiseConfig(sigma=-1)).validate()
+    Traceback (most recent call last):
+    ...
+    hybridcert.config.ConfigError: --sigma: expected a number > 0, got -1
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    estimation: EstimationConfig = field(default_factory=EstimationConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    out: str | None = None
+
+    @classmethod
+    def from_args(cls, args) -> RunConfig:
+        """The configuration an ``argparse`` namespace of ``hybridcert certify`` describes."""
+        given = vars(args)
+
+        def group(kind):
+            return kind(**{f.name: given[f.name] for f in dataclasses.fields(kind)
+                           if f.name in given})
+
+        return cls(data=group(DataConfig), model=group(ModelConfig), noise=group(NoiseConfig),
+                   decision=group(DecisionConfig), estimation=group(EstimationConfig),
+                   executor=dataclasses.replace(group(ExecutorConfig),
+                                                progress=not given.get("no_progress", False),
+                                                report=not given.get("no_report", False)),
+                   out=given.get("out"))
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out or os.path.join("runs", self.data.dataset))
+
+    def validate(self) -> RunConfig:
+        """Check every value on its own; return ``self`` or raise :class:`ConfigError`.
+
+        What depends on the registries (the data set and model names, their
+        own checks) is checked by :func:`hybridcert.registries.check_config`;
+        :func:`hybridcert.run.plan` runs both before any work.
+        """
+        d, m, z, r, e, x = (self.data, self.model, self.noise, self.decision, self.estimation,
+                            self.executor)
+        _positive_int("--limit", d.limit, optional=True)
+        _positive_int("--image-size", d.image_size, optional=True)
+        if m.batch_size != "auto":
+            _positive_int("--batch-size", m.batch_size)
+        elif not m.model.startswith("hf:"):
+            raise ConfigError("--batch-size", "an integer (--batch-size auto applies to hf: "
+                              "guards)", "auto")
+        _choice("--hf-rule", m.hf_rule, HF_RULES)
+        _choice("--dtype", m.dtype, DTYPES)
+        _choice("--kernel", z.kernel, KERNELS)
+        _choice("--threat", z.threat, THREATS)
+        _choice("--baseline", z.baseline, BASELINES)
+        _choice("--attacker-alphabet", z.attacker_alphabet, ATTACKER_ALPHABETS)
+        _unit_interval("--beta", z.beta, "a number in (0, 1]", upper_closed=True)
+        _positive("--sigma", z.sigma)
+        _positive_int("--threat-size", z.threat_size)
+        _int("--filler", z.filler, minimum=0)
+        _choice("--decision", r.decision, DECISIONS)
+        _unit_interval("--tau", r.tau, "a number in the open interval (0, 1)")
+        _int("--target-label", r.target_label, minimum=0)
+        _positive_int("--n0", e.n0)
+        _positive_int("--n", e.n)
+        _unit_interval("--alpha", e.alpha, "a number in the open interval (0, 1)")
+        _int("--d-max", e.d_max, minimum=0, optional=True)
+        _choice("--protocol", e.protocol, PROTOCOLS)
+        _choice("--sampling", e.sampling, SAMPLINGS)
+        _positive_int("--n-max", e.n_max)
+        _int("--seed", e.seed, minimum=0)
+        _choice("--executor", x.executor, EXECUTORS)
+        _positive_int("--workers", x.workers)
+        _positive("--cpus-per-worker", x.cpus_per_worker)
+        if not isinstance(x.gpus_per_worker, (int, float)) or x.gpus_per_worker < 0:
+            raise ConfigError("--gpus-per-worker", "a number >= 0", x.gpus_per_worker)
+        _positive_int("--max-in-flight", x.max_in_flight, optional=True)
+        _positive_int("--threads", x.threads, optional=True)
+        _int("--max-retries", x.max_retries, minimum=0)
+        if z.threat == "append":
+            # The data sets hold fixed-length inputs, and the registered models read them so.
+            raise ConfigError("--threat", "l0 or suffix: append needs a model that reads a "
+                              "trusted part followed by an untrusted slot of --threat-size "
+                              "symbols, which the command line's models do not (the demo model "
+                              "reads exactly its 10 tokens); certify such a model from Python "
+                              "with threat=AppendOnly(m, filler) and "
+                              "hybridcert.AppendInput(trusted)", "append")
+        return self
+
+
+
+def _int(name, value, *, minimum, optional=False):
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(name, f"an integer >= {minimum}", value)
+
+
+def _positive_int(name, value, optional=False):
+    _int(name, value, minimum=1, optional=optional)
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            np.isfinite(value) and value > 0):
+        raise ConfigError(name, "a number > 0", value)
+
+
+def _unit_interval(name, value, expected, upper_closed=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value and (
+        value <= 1 if upper_closed else value < 1)
+    if not ok:
+        raise ConfigError(name, expected, value)
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(name, f"one of {', '.join(choices)}", value)

@@ -1,0 +1,297 @@
+"""Registries of data sets and models: what ``--dataset`` and ``--model`` can name.
+
+:data:`DATA_SOURCES` maps ``--dataset`` names to loaders and :data:`MODELS`
+maps ``--model`` prefixes to builders; :func:`register_dataset` and
+:func:`register_model` add your own, and the command line offers what they
+hold. :func:`check_config` checks a :class:`~hybridcert.config.RunConfig`
+against them (before any data or model is loaded).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import ConfigError, RunConfig
+from .datasets.base import Split
+
+__all__ = ["DATA_SOURCES", "MODELS", "DataSource", "ModelEntry", "Task", "check_config",
+           "model_entry", "register_dataset", "register_model"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a data source hands the run: the examples and what the noise needs to know.
+
+    ``split`` holds token ids (``x_discrete``) ready for the engine. A
+    bundled data set also gives its ``dataset`` (the demo models train on it);
+    text data for a tokenizer-based model give ``raw`` examples instead, which
+    the model's entry encodes (see :data:`MODELS`).
+    """
+
+    split: Split | None
+    num_classes: int
+    vocab_size: int | None = None
+    arities: tuple[int, ...] | None = None
+    dataset: object = None
+    raw: list | None = None
+    settings: dict = field(default_factory=dict)
+    model: object = field(default=None, repr=False)  # a model the data needed loaded already
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A registered data set: how to load it, and what the run must check before loading."""
+
+    name: str
+    load: Callable  # load(config: RunConfig) -> Task
+    bundled: bool = True
+    tabular: bool = False
+    needs_path: bool = False
+    env: str | None = None
+    layout: str = ""
+    default_decision: str = "majority"
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model prefix: a static check, the task hook, the builder of the base model."""
+
+    prefix: str
+    build: Callable  # build(spec: SmoothedBuilder) -> base classifier
+    check: Callable = lambda config, source: None
+    prepare: Callable | None = None  # prepare(config, task) -> Task (for example, tokenize)
+    help: str = ""
+
+
+DATA_SOURCES: dict[str, DataSource] = {}
+MODELS: dict[str, ModelEntry] = {}
+
+
+def register_dataset(name: str, load: Callable, **options) -> DataSource:
+    """Add a data set under ``name``: ``load(config) -> Task``. Options as :class:`DataSource`."""
+    source = DataSource(name, load, **options)
+    DATA_SOURCES[name] = source
+    return source
+
+
+def register_model(prefix: str, build: Callable, **options) -> ModelEntry:
+    """Add a model prefix (``"demo"`` exactly, or ``"name:"`` before a path or name).
+
+    ``build(spec)`` receives the :class:`SmoothedBuilder` (its ``config`` and
+    ``task_info``) and returns a base classifier ``f(tokens, continuous) ->
+    labels``. It runs where the model is used: in the local process, or once
+    in every Ray worker. A plain callable is allowed too: ``register_model("mine:",
+    lambda spec: my_classifier)``.
+    """
+    entry = ModelEntry(prefix, build, **options)
+    MODELS[prefix] = entry
+    return entry
+
+
+def model_entry(model: str) -> ModelEntry:
+    """The registry entry of ``--model`` (exact name, or the prefix before its path)."""
+    if model in MODELS:
+        return MODELS[model]
+    if ":" in model and model.split(":", 1)[0] + ":" in MODELS:
+        if not model.split(":", 1)[1]:
+            raise ConfigError("--model", f"a path or name after {model!r}")
+        return MODELS[model.split(":", 1)[0] + ":"]
+    names = ", ".join(p + ("PATH" if p.endswith(":") else "") for p in MODELS)
+    raise ConfigError("--model", f"one of {names}", model)
+
+
+def _bundled(name, loader, reads_path=False):
+    def load(config: RunConfig) -> Task:
+        data = (loader(config.data.data_path, seed=config.estimation.seed) if reads_path
+                else loader(seed=config.estimation.seed))
+        return Task(split=data.test, num_classes=data.num_classes, vocab_size=data.vocab_size,
+                    arities=data.arities, dataset=data)
+
+    return load
+
+
+def _on_disk(name):
+    def load(config: RunConfig) -> Task:
+        from .datasets.safety import load_hateful_memes, load_mm_safetybench
+
+        if name == "hateful-memes":
+            raw = load_hateful_memes(config.data.data_path, config.data.split)
+        else:
+            raw = load_mm_safetybench(config.data.data_path)
+        return Task(split=None, num_classes=2, raw=raw)
+
+    return load
+
+
+def _register_defaults() -> None:
+    from .datasets.mm_interaction import load as load_mm_interaction
+    from .datasets.tabular import load_adult, load_penguins
+
+    register_dataset("mm-interaction", _bundled("mm-interaction", load_mm_interaction),
+                     default_decision="threshold",
+                     help="bundled text x image task (threshold rule by default)")
+    register_dataset("tabular", _bundled("tabular", load_penguins), tabular=True,
+                     help="bundled Palmer penguins table")
+    register_dataset("adult", _bundled("adult", load_adult, reads_path=True), tabular=True,
+                     help="UCI Adult census table: --data-path, $HYBRIDCERT_ADULT, or the file "
+                          "of `pip install --no-deps fairness==0.1.8`")
+    register_dataset("hateful-memes", _on_disk("hateful-memes"), bundled=False, needs_path=True,
+                     env="HYBRIDCERT_HATEFUL_MEMES",
+                     layout="<split>.jsonl files and the img/ folder they refer to",
+                     default_decision="threshold", help="on disk, with --model hf:...")
+    register_dataset("mm-safetybench", _on_disk("mm-safetybench"), bundled=False,
+                     needs_path=True, env="HYBRIDCERT_MMSAFETYBENCH",
+                     layout="data/processed_questions/<scenario>.json and data/imgs/",
+                     default_decision="threshold", help="on disk, with --model hf:...")
+    register_model("demo", _build_demo, check=_check_demo,
+                   help="the bundled model, trained under noise and cached")
+    register_model("sklearn:", _build_sklearn, check=_check_sklearn,
+                   help="a pickled fitted scikit-learn classifier for a table")
+    register_model("hf:", _build_hf, check=_check_hf, prepare=_prepare_hf,
+                   help="a Hugging Face image-text-to-text safety guard")
+
+
+
+def check_config(config: RunConfig) -> RunConfig:
+    """Check ``config`` against the registries: data set, model, and their own checks."""
+    d, z = config.data, config.noise
+    source = DATA_SOURCES.get(d.dataset)
+    if source is None:
+        raise ConfigError("--dataset", f"one of {', '.join(DATA_SOURCES)}", d.dataset)
+    entry = model_entry(config.model.model)
+    if source.needs_path and not source.bundled:
+        _check_folder(d.data_path, source)
+    if source.tabular and z.threat != "l0":
+        raise ConfigError("--threat", "l0 for a table (any field may be changed)", z.threat)
+    entry.check(config, source)
+    return config
+
+
+def _check_folder(path, source):
+    path = path or (os.environ.get(source.env) if source.env else None)
+    where = f"--data-path (or ${source.env})" if source.env else "--data-path"
+    if not path:
+        raise ConfigError(where, f"the folder of {source.name}: {source.layout}")
+    if not Path(path).is_dir():
+        raise ConfigError(where, f"an existing folder with {source.layout}", str(path))
+
+
+# --------------------------------------------------------------------------- model entries
+
+
+def _check_demo(config: RunConfig, source: DataSource) -> None:
+    if not source.bundled:
+        raise ConfigError("--model", f"hf:NAME_OR_PATH for --dataset {source.name}", "demo")
+
+
+def _build_demo(spec):
+    from .models import demo
+
+    data = spec.load_task().dataset  # the demo model is defined by its training data
+    z = spec.config.noise
+    cache = spec.config.model.cache_dir
+    if data.arities is not None:
+        return demo.tabular_model(data, sigma=z.sigma, beta=z.beta,
+                                  random_state=spec.config.estimation.seed, cache=cache)
+    return demo.mm_interaction_model(data, sigma=z.sigma, beta=z.beta,
+                                     random_state=spec.config.estimation.seed, cache=cache,
+                                     verbose=True, kernel=z.kernel)
+
+
+def _check_sklearn(config: RunConfig, source: DataSource) -> None:
+    path = Path(config.model.model.split(":", 1)[1]).expanduser()
+    if not path.is_file():
+        raise ConfigError("--model", "sklearn:PATH of an existing pickled, fitted scikit-learn "
+                          "classifier", config.model.model)
+    if not source.bundled:
+        raise ConfigError("--model", f"hf:NAME_OR_PATH for --dataset {source.name}",
+                          config.model.model)
+
+
+def _build_sklearn(spec):
+    """A table's estimator gets the rows in the form it was fitted on (see ``for_table``)."""
+    import pickle
+
+    from .models import SklearnClassifier
+
+    path = Path(spec.config.model.model.split(":", 1)[1]).expanduser()
+    try:
+        with path.open("rb") as fh:
+            estimator = pickle.load(fh)
+    except Exception as err:  # a file that is not a pickle of a classifier
+        raise ConfigError("--model", f"sklearn:PATH of a pickled, fitted scikit-learn classifier "
+                          f"({type(err).__name__}: {err})", str(path)) from err
+    if spec.arities is not None:
+        return SklearnClassifier.for_table(estimator, spec.load_task().dataset)
+    return SklearnClassifier(estimator)
+
+
+def _check_hf(config: RunConfig, source: DataSource) -> None:
+    name = config.model.model.split(":", 1)[1]
+    looks_local = name.startswith((".", "/", "~")) or (os.sep in name and Path(name).exists())
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise ConfigError("--model", "hf:NAME_OR_PATH of a Hugging Face model (a hub name or an "
+                          "existing folder with config.json)", config.model.model)
+    if source.tabular:
+        raise ConfigError("--model", "demo or sklearn:PATH for a table", config.model.model)
+    if config.noise.kernel != "uniform" or config.noise.threat != "l0":
+        raise ConfigError("--kernel/--threat", "uniform and l0 with an hf: guard",
+                          f"{config.noise.kernel}/{config.noise.threat}")
+
+
+def _prepare_hf(config: RunConfig, task: Task) -> Task:
+    """Load the guard once, then tokenize the user texts and load the images at its resolution."""
+    from .models.hf import DEFAULT_POLICY, HFSafetyGuard
+
+    m = config.model
+    try:
+        guard = HFSafetyGuard.from_pretrained(
+            m.model.split(":", 1)[1], policy=m.policy or DEFAULT_POLICY, rule=m.hf_rule,
+            device=m.device, dtype=m.dtype,
+            max_batch_size="auto" if m.batch_size == "auto" else None)
+    except OSError as err:
+        raise ConfigError("--model", "hf:NAME_OR_PATH of an image-text-to-text model with its "
+                          f"processor ({type(err).__name__}: {str(err).splitlines()[0]})",
+                          m.model) from err
+    # The one resize, on load: the pixel space of the noise and of the L2 radius.
+    size = config.data.image_size or guard._processor_image_size()
+    if task.raw is not None:
+        from .datasets.safety import load_image
+
+        raw = [(e.id, e.text, load_image(e.image_path, size), e.label) for e in task.raw]
+    else:  # a bundled text x image set, rendered for the guard
+        from PIL import Image
+
+        data = task.dataset
+
+        def rgb(image):
+            pil = Image.fromarray((image * 255).astype(np.uint8)).convert("RGB")
+            return np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) / 255.0
+
+        raw = [(i, " ".join(data.vocab[t] for t in toks), rgb(img), int(y))
+               for i, toks, img, y in zip(data.test.ids, data.test.x_discrete,
+                                          data.test.x_continuous, data.test.y)]
+    split = Split(ids=[r[0] for r in raw], x_discrete=[guard.encode_text(r[1]) for r in raw],
+                  x_continuous=[r[2] for r in raw], y=np.array([r[3] for r in raw]))
+    return Task(split=split, num_classes=2, dataset=None, model=guard,
+                settings={"guard": guard.describe(), "image_size": size,
+                          "alphabet": guard.alphabet})
+
+
+def _build_hf(spec):
+    from .models.hf import DEFAULT_POLICY, HFSafetyGuard
+
+    m = spec.config.model
+    return HFSafetyGuard.from_pretrained(m.model.split(":", 1)[1],
+                                         policy=m.policy or DEFAULT_POLICY, rule=m.hf_rule,
+                                         device=m.device, dtype=m.dtype,
+                                         max_batch_size="auto" if m.batch_size == "auto" else None)
+
+
+_register_defaults()
