@@ -12,7 +12,10 @@ is expected.
 (``d_max`` against the attackable positions, the append threat against the
 model's input length), and resolves once what ``auto`` left open: the
 decision rule (a :class:`~hybridcert.decision.DecisionRule`), tau and the
-target label. :meth:`Plan.settings` is the only producer of ``run.json``.
+target label. :meth:`Plan.settings` produces ``run.json`` for ``hybridcert certify``;
+:func:`~hybridcert.runner.certify_dataset` (Python runs) writes its own, from the smoothed
+classifier's :meth:`~hybridcert.smoothing.SmoothedClassifier.settings_for`, and
+:func:`~hybridcert.runner.prepare_run_dir` checks or records either.
 :class:`SmoothedBuilder` is the one picklable recipe for the smoothed
 classifier: the local executor calls it once, every Ray worker calls it once,
 and the Ray driver never does.
