@@ -193,7 +193,7 @@ def _budget_thresholds(arities, beta, d_max, n, alpha) -> dict:
     """The smallest lower bound that certifies each budget at radius 0, against the largest
     lower bound ``n`` samples can give (all ``n`` on the label).
 
-    Budget ``d`` holds at radius 0 iff ``p_lower > 1/2`` and the discrete bound (theory.md 3),
+    Budget ``d`` holds at radius 0 iff ``p_lower > 1/2`` and the discrete bound (docs/theory.md §3),
     minimised over the attacker's field choices, is at least 1/2; the Gaussian part can only
     lower it, so no radius helps below this threshold. Found by bisection (to print).
     """
