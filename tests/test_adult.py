@@ -1,15 +1,16 @@
-"""The Adult census data (the paper's tabular experiment), read from the `fairness` package's copy.
+"""The Adult census data (the paper's tabular experiment): the UCI files carried by hybridcert.
 
-CI installs it with `pip install --no-deps fairness==0.1.8`. The models here are small
-logistic regressions trained in a session fixture; the demo SVM is trained and timed by
-benchmarks/adult.py, never in a test.
+No install step: the data is package data. The models here are small logistic regressions
+trained in a module fixture; the demo SVM is trained and timed by benchmarks/adult.py, never in
+a test.
 """
 
 import csv
 import dataclasses
+import io
 import json
+import lzma
 import pickle
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,25 @@ def adult():
     return load_adult()
 
 
+DATA = Path(tabular.__file__).with_name("data")
+
+
+def uci_text(name):
+    """A bundled UCI file, decompressed here without the loader (and so without its checks)."""
+    return lzma.decompress((DATA / f"{name}.xz").read_bytes()).decode("ascii")
+
+
 @pytest.fixture(scope="module")
 def raw_rows():
-    """The packaged file read independently of the loader (csv module, no hybridcert code)."""
-    path = metadata.distribution("fairness").locate_file("fairness/data/raw/adult.csv")
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """The bundled adult.data and adult.test read independently of the loader (csv module)."""
+    def rows(name):
+        lines = [line for line in uci_text(name).splitlines()
+                 if line.strip() and not line.startswith("|")]
+        reader = csv.DictReader(io.StringIO("\n".join(lines)), fieldnames=tabular.ADULT_COLUMNS,
+                                skipinitialspace=True)
+        return list(reader)
+
+    return rows("adult.data"), rows("adult.test")
 
 
 @pytest.fixture(scope="module")
@@ -63,68 +77,80 @@ def label_count(model, data, label, codes, values, n, seed):
     return counter.certify(codes, values, n=n, alpha=ALPHA, d_max=0, random_state=seed).count[0]
 
 
-def test_the_packaged_file_loads_with_its_card(adult):
-    assert len(adult.train) + len(adult.test) == 32_561
+def test_the_bundled_files_load_as_the_official_split_with_their_card(adult):
+    # The UCI release's own split: adult.data trains, adult.test tests.
+    assert (len(adult.train), len(adult.test)) == (32_561, 16_281)
     assert dict(zip(adult.feature_names, adult.arities)) == ARITIES
     assert adult.class_names == ["<=50K", ">50K"]
-    labels = np.concatenate([adult.train.y, adult.test.y])
-    assert np.bincount(labels).tolist() == [24_720, 7_841]
-    # Stratified 70/30: each label's share is the same in both splits (to one row).
-    assert abs(len(adult.test) - round(0.3 * 24_720) - round(0.3 * 7_841)) == 0
-    assert abs(adult.test.y.mean() - adult.train.y.mean()) < 1e-3
-    assert load_dataset("adult").test.ids == adult.test.ids  # fixed, seeded split
-    assert load_adult(seed=1).test.ids != adult.test.ids
+    assert np.bincount(adult.train.y).tolist() == [24_720, 7_841]
+    assert np.bincount(adult.test.y).tolist() == [12_435, 3_846]  # labels '<=50K.' and '>50K.'
+    assert adult.train.ids[0] == "adult-train-00000" and adult.test.ids[-1] == "adult-test-16280"
+    # The split is fixed: no seed moves a row between the files.
+    assert load_dataset("adult").test.ids == adult.test.ids
+    assert load_adult(seed=1).test.ids == adult.test.ids
     card = adult.summary()
-    for text in ("fairness", "Apache-2.0", "CC BY 4.0", "32561 rows", "native-country: 42",
-                 "'missing'", "24720 rows", "7841 rows", "training rows only"):
+    for text in ("UCI", "Becker", "doi:10.24432/C5XW20", "CC BY 4.0", "48842 rows",
+                 "adult.data for training (32561 rows)", "adult.test for testing (16281 rows)",
+                 "native-country: 42", "'missing'", "37155 rows", "11687 rows",
+                 "training rows only"):
         assert text in card, text
+
+
+def test_the_bundled_files_are_checked_by_their_digest(monkeypatch):
+    assert tabular.bundled_adult_text("adult.test").startswith("|1x3 Cross validator")
+    digest, rows = tabular.ADULT_FILES["adult.test"]
+    monkeypatch.setitem(tabular.ADULT_FILES, "adult.test", ("0" * 64, rows))
+    monkeypatch.delenv("HYBRIDCERT_ADULT", raising=False)
+    with pytest.raises(ValueError, match=r"bundled adult\.test is damaged or altered: SHA-256 "
+                       + digest):
+        load_adult()
+    with pytest.raises(SystemExit) as exc:  # the command line says so in one line, exit 2
+        main(["certify", "--dataset", "adult", "--n", "10", "--no-report"])
+    assert exc.value.code == 2
+    with pytest.raises(ValueError, match="name must be one of"):
+        tabular.bundled_adult_text("adult.names")
 
 
 def test_numbers_are_standardised_with_training_rows_only(adult, raw_rows):
     columns = tabular.ADULT_NUMERIC
-    values = np.array([[float(r[c]) for c in columns] for r in raw_rows])
-    train = [int(i.split("-")[1]) for i in adult.train.ids]
-    test = [int(i.split("-")[1]) for i in adult.test.ids]
-    assert not set(train) & set(test) and len(set(train) | set(test)) == len(raw_rows)
-    assert np.allclose(adult.extras["mean"], values[train].mean(axis=0), rtol=1e-12)
-    assert np.allclose(adult.extras["std"], values[train].std(axis=0), rtol=1e-12)
+    train_rows, test_rows = raw_rows
+    assert (len(train_rows), len(test_rows)) == (32_561, 16_281)
+    train = np.array([[float(r[c]) for c in columns] for r in train_rows])
+    test = np.array([[float(r[c]) for c in columns] for r in test_rows])
+    assert np.allclose(adult.extras["mean"], train.mean(axis=0), rtol=1e-12)
+    assert np.allclose(adult.extras["std"], train.std(axis=0), rtol=1e-12)
     # Including the test rows would give other statistics (so the check above can fail).
-    assert not np.allclose(adult.extras["mean"], values.mean(axis=0), rtol=1e-6)
-    expected = (values[test] - values[train].mean(axis=0)) / values[train].std(axis=0)
+    assert not np.allclose(adult.extras["mean"], np.vstack([train, test]).mean(axis=0), rtol=1e-6)
+    expected = (test - train.mean(axis=0)) / train.std(axis=0)
     assert np.allclose(adult.test.x_continuous, expected, atol=1e-5)
     assert np.allclose(adult.train.x_continuous.mean(axis=0), 0, atol=1e-5)
+    assert adult.test.y.tolist() == [int(r["income"] == ">50K.") for r in test_rows]
     # Codes index the sorted categories; '?' is a category of its own.
     levels = adult.extras["levels"]
-    row = raw_rows[train[0]]
+    row = train_rows[0]
     assert [levels[j][c] for j, c in enumerate(adult.train.x_discrete[0])] == \
         [row[f] for f in tabular.ADULT_CATEGORICAL]
     assert "?" in levels[tabular.ADULT_CATEGORICAL.index("native-country")]
 
 
-def test_path_and_environment_come_before_the_package(tmp_path, monkeypatch):
+def test_path_and_environment_come_before_the_bundled_copy(tmp_path, monkeypatch):
     fixture = Path(__file__).with_name("data") / "adult_small.data"
     monkeypatch.setenv("HYBRIDCERT_ADULT", str(fixture))
     assert len(load_adult().train) + len(load_adult().test) == 48
     monkeypatch.delenv("HYBRIDCERT_ADULT")
-    assert len(load_adult(fixture).test) == 15
-
-
-def test_absent_data_names_the_pip_line(monkeypatch):
-    monkeypatch.delenv("HYBRIDCERT_ADULT", raising=False)
-    monkeypatch.setattr(tabular, "ADULT_PACKAGE_FILE", "fairness/data/raw/not-there.csv")
-    with pytest.raises(ValueError, match=r"pip install --no-deps fairness==0\.1\.8"):
-        load_adult()
-    monkeypatch.setattr(tabular, "ADULT_PACKAGE_FILE", "fairness/data/raw/adult.csv")
-
-    def not_installed(name):
-        raise metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(metadata, "distribution", not_installed)
-    with pytest.raises(ValueError, match=r"pip install --no-deps fairness==0\.1\.8"):
-        load_dataset("adult")
-    with pytest.raises(SystemExit) as exc:
-        main(["certify", "--dataset", "adult", "--n", "10", "--no-report"])
-    assert exc.value.code == 2
+    assert len(load_adult(fixture).test) == 15  # one file: a seeded 70/30 split
+    assert len(load_adult(fixture, test_fraction=0.5).test) == 24
+    # A folder with the two UCI files: their own split, the test file's first line skipped.
+    for name in tabular.ADULT_FILES:
+        (tmp_path / name).write_text("\n".join(uci_text(name).splitlines()[:301]) + "\n")
+    own = load_adult(tmp_path)
+    assert (len(own.train), len(own.test)) == (301, 300)
+    assert "adult.data and adult.test in" in own.card
+    assert load_adult(limit=150).test.ids == load_adult(tmp_path, limit=150).test.ids
+    with pytest.raises(ValueError, match="test_fraction applies to a single Adult file"):
+        load_adult(tmp_path, test_fraction=0.3)
+    with pytest.raises(ValueError, match=r"or a folder holding adult\.data and adult\.test"):
+        load_adult(tmp_path / "absent")
 
 
 def test_small_certification_on_real_rows(adult, small_model):
@@ -258,16 +284,20 @@ def test_a_model_trained_on_the_raw_file_certifies_through_the_cli(tmp_path, adu
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    frame = pd.read_csv(metadata.distribution("fairness").locate_file(
-        "fairness/data/raw/adult.csv"))
-    X, y = frame.drop(columns="income-per-year"), frame["income-per-year"]
+    def read(name):  # a user's reading of the UCI file
+        frame = pd.read_csv(io.StringIO(uci_text(name)), names=tabular.ADULT_COLUMNS,
+                            skipinitialspace=True, comment="|")
+        return frame.drop(columns="income"), frame["income"]
+
+    X, y = read("adult.data")
+    test_X, _ = read("adult.test")
     outside = make_pipeline(
         make_column_transformer((OneHotEncoder(handle_unknown="ignore"), tabular.ADULT_CATEGORICAL),
                                 (StandardScaler(), tabular.ADULT_NUMERIC)),
         LogisticRegression(max_iter=1000)).fit(X.iloc[:5000], y.iloc[:5000])
     wrapped = SklearnClassifier.for_table(outside, adult)
-    rows = [int(i.split("-")[1]) for i in adult.test.ids[:500]]
-    expected = (outside.predict(X.iloc[rows]) == ">50K").astype(int)
+    rows = [int(i.split("-")[2]) for i in adult.test.ids[:500]]
+    expected = (outside.predict(test_X.iloc[rows]) == ">50K").astype(int)
     got = wrapped(adult.test.x_discrete[:500], adult.test.x_continuous[:500])
     assert np.mean(got == expected) > 0.99  # equal up to float32 rounding of the numbers
     path = tmp_path / "outside.pkl"
@@ -286,8 +316,10 @@ def test_a_model_trained_on_the_raw_file_certifies_through_the_cli(tmp_path, adu
 @pytest.mark.parametrize("kwargs,match", [
     ({"limit": 5}, "limit must be an integer >= 100"),
     ({"limit": True}, "limit must be an integer"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
     ({"test_fraction": 1e-9}, r"test_fraction must lie in \[0.01, 0.99\]"),
     ({"test_fraction": 0.99999}, r"test_fraction must lie in \[0.01, 0.99\]"),
+    ({"test_fraction": 0.3}, "the official split .* is fixed"),
 ])
 def test_loader_arguments_are_checked(kwargs, match):
     with pytest.raises(ValueError, match=match):

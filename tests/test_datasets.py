@@ -81,11 +81,8 @@ def test_adult_loader_reads_the_uci_format(tmp_path):
 
 
 def test_adult_loader_errors_list_what_was_expected(tmp_path, monkeypatch):
-    from hybridcert.datasets import tabular
-
-    monkeypatch.delenv("HYBRIDCERT_ADULT", raising=False)
-    monkeypatch.setattr(tabular, "ADULT_PACKAGE_FILE", "fairness/data/raw/absent.csv")
-    with pytest.raises(ValueError, match=r"not installed.*pip install --no-deps fairness"):
+    monkeypatch.setenv("HYBRIDCERT_ADULT", str(tmp_path / "absent.data"))
+    with pytest.raises(ValueError, match=r"absent\.data \(from HYBRIDCERT_ADULT\).*adult\.data file"):
         load_adult()
     with pytest.raises(ValueError, match=r"adult\.data file"):
         load_adult(tmp_path / "missing.data")

@@ -1,5 +1,6 @@
 """The Hugging Face guard adapter, offline, on a tiny LLaVA saved and loaded through the Auto classes."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -7,6 +8,26 @@ import pytest
 
 pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
+
+
+def _torchvision_error():
+    """Why torchvision does not load ("" when it loads, "absent" when it is not installed)."""
+    if importlib.util.find_spec("torchvision") is None:
+        return "absent"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # built for another torch: "operator torchvision::nms does not exist"
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+TORCHVISION_ERROR = _torchvision_error()
+if TORCHVISION_ERROR not in ("", "absent"):
+    # transformers imports an installed torchvision for every image model, so nothing here loads.
+    pytest.skip(f"torchvision is installed but does not load ({TORCHVISION_ERROR}), and "
+                "transformers' image models import it: install the torchvision built for this "
+                "torch (the hf-vision extra, on a GPU machine) or uninstall it",
+                allow_module_level=True)
 
 from hf_tiny import build_tiny_llava  # noqa: E402
 from hybridcert.cli import main  # noqa: E402
@@ -403,8 +424,8 @@ def test_cli_hf_options_dtype_auto_batch_and_attacker_alphabet(tiny, tmp_path, c
 
 def test_llava_onevision_model_loads_through_the_auto_class(tmp_path):
     """The OneVision *model* needs no torchvision and loads like LLaVA-Guard's; its processor
-    does (its video processor imports torchvision, which has no CPU build here), so the
-    processor half is skipped with that reason."""
+    does (its video processor imports torchvision: the ``hf-vision`` extra), so where
+    torchvision does not load the processor half is skipped with the reason."""
     from transformers import (
         AutoModelForImageTextToText,
         LlavaOnevisionConfig,
@@ -422,8 +443,7 @@ def test_llava_onevision_model_loads_through_the_auto_class(tmp_path):
     LlavaOnevisionForConditionalGeneration(config).save_pretrained(tmp_path)
     loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert type(loaded).__name__ == "LlavaOnevisionForConditionalGeneration"
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pytest.skip("LlavaOnevisionProcessor needs torchvision (no CPU build here); the guard "
-                    "path itself is covered by the LLaVA tests above")
+    if TORCHVISION_ERROR:
+        pytest.skip("LlavaOnevisionProcessor needs torchvision (the hf-vision extra), which is "
+                    "not installed here; the guard path itself is covered by the LLaVA tests "
+                    "above")

@@ -1,4 +1,4 @@
-"""Baselines the hybrid certificate is compared with (theory.md, section 9).
+"""Baselines the hybrid certificate is compared with (docs/theory.md §9).
 
 - Image-only and text-only smoothing are :class:`~hybridcert.smoothing.SmoothedClassifier`
   with one part left un-noised (``discrete_noise=None`` or ``sigma=None``):

@@ -174,7 +174,8 @@ def _add_experiment(commands, common) -> None:
     a("--alpha", type=float, default=None, help="failure probability (paper 0.001, adult 0.01)")
     a("--attack-examples", type=int, default=8,
       help="paper: examples attacked by the joint attack (8)")
-    a("--data-path", default=None, help="adult: the Adult file (default $HYBRIDCERT_ADULT)")
+    a("--data-path", default=None,
+      help="adult: your own Adult file or folder (default $HYBRIDCERT_ADULT, then the bundled copy)")
     a("--seed", type=int, default=0)
     a("--out", default=None, help="output directory (default runs/NAME)")
     a("--no-progress", action="store_true", help="no progress bar")

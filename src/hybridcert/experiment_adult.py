@@ -8,6 +8,12 @@ trained on 5 noisy copies of each training row: the paper's SVM (an RBF-kernel S
 Nystroem features, see :mod:`hybridcert.models.demo`) and logistic regression as a fast
 baseline.
 
+Data: the UCI release's own split, ``adult.data`` (32,561 rows) for training and
+``adult.test`` (16,281 rows) for testing, as the literature reports on. (Until issue 19 the
+models were trained on a seeded 70/30 split of ``adult.data`` alone, so earlier numbers are
+not comparable row for row.) The certified test rows are drawn from ``adult.test`` with
+``seed``.
+
 For every model the run reports clean accuracy (the base model on the clean test split, and on
 one noisy draw of each test row) next to the smoothed classifier's certified accuracy at a grid
 of radii for ``d = 0..3``, the training time, and the time per certified example. It then puts
@@ -71,7 +77,8 @@ def adult_experiment(out: str | Path, *, n_examples: int = PAPER["examples"],
     models : sequence of {"rbf-svm", "linear-svm", "logreg"}
         Demo models to certify (trained on ``PAPER["copies"]`` noisy copies, cached).
     data_path : path, optional
-        The Adult file (default: ``$HYBRIDCERT_ADULT``, then the ``fairness`` package's copy).
+        Your own Adult file or folder (default: ``$HYBRIDCERT_ADULT``, then the UCI files
+        bundled with hybridcert; see :func:`~hybridcert.datasets.load_adult`).
     """
     from tqdm.auto import tqdm
 
@@ -188,7 +195,7 @@ def _budget_thresholds(arities, beta, d_max, n, alpha) -> dict:
     """The smallest lower bound that certifies each budget at radius 0, against the largest
     lower bound ``n`` samples can give (all ``n`` on the label).
 
-    Budget ``d`` holds at radius 0 iff ``p_lower > 1/2`` and the discrete bound (theory.md 3),
+    Budget ``d`` holds at radius 0 iff ``p_lower > 1/2`` and the discrete bound (docs/theory.md §3),
     minimised over the attacker's field choices, is at least 1/2; the Gaussian part can only
     lower it, so no radius helps below this threshold. Found by bisection (to print).
     """

@@ -1,4 +1,4 @@
-"""Noise kernels and threat regions (theory.md, section 2).
+"""Noise kernels and threat regions (docs/theory.md §2).
 
 A discrete kernel draws noisy token sequences *and* knows the atoms that
 describe it. The certificate is computed from the same object that drew the
@@ -58,7 +58,7 @@ class AppendInput:
     The smoothed classifier sees ``trusted + noise(appended + [filler] * (m - len(appended)))``:
     the slot is always padded to ``m`` symbols and noised, so the clean input
     ``AppendInput(u)`` and an attacked one ``AppendInput(u, a)`` reach the same
-    function in the same form (theory.md 2). A deployment must keep this
+    function in the same form (docs/theory.md §2). A deployment must keep this
     separation: a guard that receives one flat string cannot tell where ``u``
     ends, and the certificate does not apply to it.
 
@@ -242,11 +242,11 @@ class UniformSubstitution(DiscreteKernel):
     alphabet : array_like of int, optional
         An explicit (restricted) alphabet of token ids, for instance the
         printable tokens of a tokenizer. A clean token outside it is replaced
-        uniformly over the whole alphabet (theory.md 2.3).
+        uniformly over the whole alphabet (docs/theory.md §2.3).
     attacker_alphabet : {"any", "noise"}, default "any"
         Which symbols the attacker may write. ``"any"`` (the safe default): any
         symbol, including ones the noise can never produce (such a symbol
-        reveals itself, theory.md 2.3); typed text often tokenizes outside a
+        reveals itself, docs/theory.md §2.3); typed text often tokenizes outside a
         restricted alphabet (a newline, a long word). ``"noise"`` assumes the
         attacker writes only symbols of the noise alphabet: an assumption about
         the tokenizer and the input channel, which the certificate records.

@@ -139,8 +139,8 @@ def _register_defaults() -> None:
     register_dataset("tabular", _bundled("tabular", load_penguins), tabular=True,
                      help="bundled Palmer penguins table")
     register_dataset("adult", _bundled("adult", load_adult, reads_path=True), tabular=True,
-                     help="UCI Adult census table: --data-path, $HYBRIDCERT_ADULT, or the file "
-                          "of `pip install --no-deps fairness==0.1.8`")
+                     help="UCI Adult census table, bundled (adult.data trains, adult.test "
+                          "tests); --data-path or $HYBRIDCERT_ADULT for your own copy")
     register_dataset("hateful-memes", _on_disk("hateful-memes"), bundled=False, needs_path=True,
                      env="HYBRIDCERT_HATEFUL_MEMES",
                      layout="<split>.jsonl files and the img/ folder they refer to",

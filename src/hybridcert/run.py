@@ -6,7 +6,10 @@ checks, then :func:`~hybridcert.registries.check_config`), loads the data
 attackable positions, the append threat against the model's input length),
 and resolves once what ``auto`` left open: the decision rule (a
 :class:`~hybridcert.decision.DecisionRule`), tau and the target label.
-:meth:`Plan.settings` gives the settings a run records in ``run.json``.
+:meth:`Plan.settings` produces ``run.json`` for ``hybridcert certify``;
+:func:`~hybridcert.runner.certify_dataset` (Python runs) writes its own, from the smoothed
+classifier's :meth:`~hybridcert.smoothing.SmoothedClassifier.settings_for`; the run
+directory checks or records either.
 :class:`SmoothedBuilder` is the one picklable recipe for the smoothed
 classifier: the local executor calls it once, every Ray worker calls it once,
 and the Ray driver never does. :func:`certify_run` runs a plan (local or Ray).

@@ -229,7 +229,7 @@ def failed_row(example_id: str, true_label: int, settings: dict | None, error: s
     """The row of an example whose certification failed: the columns of every row.
 
     ``settings`` are the certificate-shaped settings
-    (:meth:`~hybridcert.smoothing.SmoothedClassifier.describe`).
+    (:meth:`~hybridcert.smoothing.SmoothedClassifier.settings_for`).
     """
     logger.warning("example %s failed and is recorded as failed: %s", example_id, error)
     return {

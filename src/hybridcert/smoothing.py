@@ -1,4 +1,4 @@
-"""The smoothed classifier: sampling, PREDICT and CERTIFY (Cohen et al. 2019, theory.md 7).
+"""The smoothed classifier: sampling, PREDICT and CERTIFY (Cohen et al. 2019, docs/theory.md §7).
 
 A *base classifier* is any callable ``f(tokens, continuous) -> labels`` taking
 a batch of noisy token sequences (``(B, L)`` int) and noisy continuous inputs
@@ -28,14 +28,14 @@ as ``settings["base_classifier"]`` of every certificate.
 CERTIFY, shared-D (the default): noise the whole threat region once, draw
 ``n0`` samples to pick the label and ``n`` fresh ones to lower-bound its
 probability. That one bound certifies every budget ``d <= d_max``
-(theory.md 2, "shared-D"), so a frontier costs ``n0 + n`` model calls at
+(docs/theory.md §2, "shared-D"), so a frontier costs ``n0 + n`` model calls at
 level ``alpha``. The loop-over-d protocol (``protocol="per_budget"``) is a
 cost baseline: it estimates the *same* smoothed classifier independently for
 each budget, at ``alpha / (d_max + 1)`` each for the same joint level, and
 costs ``n0 + (d_max + 1) n`` calls. (Noising only the last ``d`` positions for
 budget ``d``, as the published scripts do, would define another classifier per
 budget, and its certificate would say nothing about the one ``predict``
-evaluates; theory.md 2.)
+evaluates; docs/theory.md §2.)
 
 Sequential sampling (``sampling="sequential"``) draws the estimate in looks
 and stops when the requested (d, r) targets are certified or out of reach,
@@ -128,7 +128,7 @@ class SmoothedClassifier:
     multiclass_rule : {"runner_up", "half"}
         Majority rule with ``num_classes > 2``. ``"runner_up"`` (default):
         certified where the lower bound on the top label A beats the upper
-        bound on every other label under attack (theory.md 8,
+        bound on every other label under attack (docs/theory.md §8,
         :func:`~hybridcert.multiclass_radius`); ``alpha`` is split, half for
         A's lower bound and half over the ``num_classes - 1`` upper bounds.
         ``"half"``: A's lower bound must exceed 1/2 (all of ``alpha`` on it).

@@ -1,4 +1,4 @@
-"""Confidence bounds for Monte Carlo estimates of smoothed probabilities (theory.md, section 7).
+"""Confidence bounds for Monte Carlo estimates of smoothed probabilities (docs/theory.md §7).
 
 One-sided Clopper-Pearson bounds, and the union-bound split that keeps a joint
 guarantee when a certificate rests on several estimates. Counts are kept by

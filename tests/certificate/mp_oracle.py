@@ -48,7 +48,7 @@ def uniform_classes(beta, V):
 
 @mp.workdps(DPS)
 def uniform_atoms_by_k(d, beta, V):
-    """theory.md 2.1 verbatim: ``{k: (p_clean(k), p_adv(k))}``, summing over ``b - a = k``."""
+    """docs/theory.md §2.1 verbatim: ``{k: (p_clean(k), p_adv(k))}``, summing over ``b - a = k``."""
     keep, s, o = uniform_classes(beta, V)[0]
     out = {}
     for a in range(d + 1):
@@ -68,7 +68,7 @@ def uniform_atoms(d, beta, V):
 
 @mp.workdps(DPS)
 def absorbing_atoms(d, beta):
-    """theory.md 2.2 verbatim."""
+    """docs/theory.md §2.2 verbatim."""
     beta = mp.mpf(beta)
     if d == 0:
         return [(mp.mpf(1), mp.mpf(1))]

@@ -1,4 +1,4 @@
-"""Floating-point error model shared by the certificates (theory.md, section 6).
+"""Floating-point error model shared by the certificates (docs/theory.md §6).
 
 Every certificate here is computed twice over: a fast approximate solve, then
 a *rigorous* check that only uses quantities bounded in the safe direction.

@@ -1,4 +1,4 @@
-"""Discrete likelihood-ratio atoms (theory.md, section 2).
+"""Discrete likelihood-ratio atoms (docs/theory.md §2).
 
 An attacked position is a small *experiment*: a pair of distributions
 ``(P_i, Q_i)`` over a few outcome classes, the law of the noisy symbol under
@@ -74,7 +74,7 @@ class Atoms:
         The masses and ``gamma = exp(log_ratio)`` in linear space (masses far
         below 1e-308 underflow to 0 there; the log arrays keep them).
 
-    Iterating gives ``(p_clean, p_adv, ratio)``, the triple of theory.md.
+    Iterating gives ``(p_clean, p_adv, ratio)``, the triple of docs/theory.md.
     Build atoms with :func:`uniform_atoms`, :func:`absorbing_atoms`,
     :func:`categorical_atoms`, :func:`product_atoms` or
     :meth:`Atoms.from_probabilities`.
@@ -194,7 +194,7 @@ class PositionExperiment:
 def uniform_experiment(
     *, beta: float, vocab_size: int, clean_in_alphabet: bool = True, adv_in_alphabet: bool = True
 ) -> PositionExperiment:
-    """One position under uniform substitution noise (theory.md 2.1 and 2.3).
+    """One position under uniform substitution noise (docs/theory.md §2.1 and §2.3).
 
     With probability ``1 - beta`` the symbol is kept; otherwise it is replaced
     by one drawn uniformly from the noise alphabet (``vocab_size`` symbols)
@@ -237,7 +237,7 @@ def absorbing_experiment(*, beta: float) -> PositionExperiment:
 
 
 def uniform_atoms(d: int, *, beta: float, vocab_size: int) -> Atoms:
-    """Atoms of ``d`` positions changed under uniform substitution (theory.md 2.1).
+    """Atoms of ``d`` positions changed under uniform substitution (docs/theory.md §2.1).
 
     Parameters
     ----------
@@ -261,7 +261,7 @@ def uniform_atoms(d: int, *, beta: float, vocab_size: int) -> Atoms:
 
 
 def absorbing_atoms(d: int, *, beta: float) -> Atoms:
-    """Atoms of ``d`` positions changed under absorbing (mask) noise (theory.md 2.2).
+    """Atoms of ``d`` positions changed under absorbing (mask) noise (docs/theory.md §2.2).
 
     Returns the atoms ``(1 - beta**d, 0, 0)``, ``(0, 1 - beta**d, inf)`` and
     ``(beta**d, beta**d, 1)`` (the first two absent for ``beta = 1``, the
@@ -272,7 +272,7 @@ def absorbing_atoms(d: int, *, beta: float) -> Atoms:
 
 
 def categorical_atoms(arities: Sequence[int], *, beta: float) -> Atoms:
-    """Atoms of tabular fields of the given arities, all changed (theory.md 2.1, heterogeneous).
+    """Atoms of tabular fields of the given arities, all changed (docs/theory.md §2.1, heterogeneous).
 
     Each field ``i`` is noised by uniform substitution over its own ``V_i``
     categories; positions are grouped by arity, and atoms are the product over
@@ -310,7 +310,7 @@ def field_choices(arities: Sequence[int], d: int) -> list[tuple[int, ...]]:
 
 
 def product_atoms(groups: Iterable[tuple[PositionExperiment, int]]) -> Atoms:
-    """Atoms of independent positions: ``count`` copies of each experiment (theory.md 2.3).
+    """Atoms of independent positions: ``count`` copies of each experiment (docs/theory.md §2.3).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Discrete-only certificate: the Neyman-Pearson fractional knapsack (theory.md, section 3)."""
+"""Discrete-only certificate: the Neyman-Pearson fractional knapsack (docs/theory.md §3)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def discrete_bound(p_lower, atoms: Atoms):
 
 
 def discrete_bound_upper(p_upper, atoms: Atoms):
-    """Largest smoothed probability at ``x'`` given ``p_B(x) <= p_upper`` (theory.md 8).
+    """Largest smoothed probability at ``x'`` given ``p_B(x) <= p_upper`` (docs/theory.md §8).
 
     The mirrored knapsack, filled from the highest ratio down; equal to
     ``1 - discrete_bound(1 - p_upper)``, computed without cancellation.

@@ -55,7 +55,7 @@ def certified_frontier(
     d_max: int | None = None,
     tau=0.5,
 ) -> Frontier:
-    """``r*(d)`` for ``d = 0..d_max`` from one lower bound (shared-D, theory.md 2 and 7).
+    """``r*(d)`` for ``d = 0..d_max`` from one lower bound (shared-D, docs/theory.md §2 and §7).
 
     Parameters
     ----------

