@@ -51,6 +51,7 @@ def test_mmcert_sub_sampling_and_certificate():
     assert cert.largest_text == max(et for et in (0, 1, 2) if cert.certified[et, 0])
 
 
+@pytest.mark.slow
 def test_unimodal_baselines_from_the_cli(tmp_path):
     for baseline in ("image-only", "text-only"):
         out = tmp_path / baseline

@@ -369,3 +369,26 @@ def test_the_package_is_typed():
             if sig.return_annotation is inspect.Signature.empty:
                 missing.append(f"{module.__name__}.{name} -> ?")
     assert missing == []
+
+
+def test_the_cli_stops_on_a_systematic_model_error(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    import pickle
+
+    from sklearn.linear_model import LogisticRegression
+
+    data = hc.datasets.load_penguins()
+    # Fitted on 5 columns, while the table gives 7: every call raises, on every example.
+    five = np.hstack([data.train.x_discrete[:, :1], data.train.x_continuous])
+    path = tmp_path / "narrow.pkl"
+    path.write_bytes(pickle.dumps(LogisticRegression(max_iter=500).fit(five, data.train.y)))
+    with pytest.raises(SystemExit) as exit_:
+        main(["certify", "--dataset", "tabular", "--model", f"sklearn:{path}", "--n", "100",
+              "--n0", "10", "--limit", "20", "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "stopped: the first 3 examples all failed with the same error" in err
+    assert "features" in err
+    rows = hc.load_run(tmp_path / "run")
+    assert len(rows) == 3 and rows["failed"].all()  # 3 examples tried, not 20
+    assert (rows["errors"] == rows["model_calls"]).all()
