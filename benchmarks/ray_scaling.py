@@ -19,7 +19,8 @@ from hybridcert.cli import build_parser
 from hybridcert.config import RunConfig
 from hybridcert.distributed import certify_split_ray
 from hybridcert.run import plan
-from hybridcert.runner import certify_split, read_results
+from hybridcert.rundir import read_results
+from hybridcert.runner import certify_split
 
 
 def main() -> None:

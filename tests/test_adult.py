@@ -249,8 +249,9 @@ def test_certify_cli_on_adult_with_an_outside_model(tmp_path, adult, small_model
     assert rows[0]["id"] == adult.test.ids[0]
 
 
+@pytest.mark.slow
 def test_experiment_adult_writes_tables_and_figure(tmp_path):
-    from hybridcert.experiment_adult import adult_experiment
+    from hybridcert.experiments.adult import adult_experiment
 
     out = tmp_path / "adult"
     # Logistic regression only: the demo SVM is trained in benchmarks/adult.py, not here.

@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["hybridcert.certificate.gaussian", "hybridcert.certificate.hybrid",
            "hybridcert.certificate.frontier", "hybridcert.smoothing", "hybridcert.decision",
-           "hybridcert.config", "hybridcert.runner", "hybridcert.calculator"]
+           "hybridcert.config", "hybridcert.runner", "hybridcert.calculator",
+           "hybridcert._format"]
 
 
 @pytest.mark.parametrize("name", MODULES)

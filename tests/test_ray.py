@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # each test starts a local Ray cluster
 
 import ray_helpers  # noqa: E402
 from hybridcert.cli import build_parser, main  # noqa: E402
 from hybridcert.config import RunConfig  # noqa: E402
 from hybridcert.distributed import certify_split_ray  # noqa: E402
 from hybridcert.run import plan  # noqa: E402
-from hybridcert.runner import certify_split, read_results  # noqa: E402
+from hybridcert.rundir import read_results  # noqa: E402
+from hybridcert.runner import certify_split  # noqa: E402
 
 ARGV = ["certify", "--n", "600", "--n0", "20", "--no-report", "--no-progress"]
 

@@ -8,8 +8,15 @@ import pytest
 
 import hybridcert as hc
 from hybridcert import report
+from hybridcert.certificate.atoms import field_choices
 from hybridcert.cli import main
-from hybridcert.report import load_run
+from hybridcert.rundir import read_run
+
+
+def load_run(run):
+    """The settings and the certified rows of a run directory."""
+    settings, rows = read_run(run)
+    return settings, [r for r in rows if not r["failed"]]
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +248,7 @@ def test_rows_recompute_with_the_core(tabular_run):
     arities = row["settings"]["attack"][0]["arities"]
     radii = [min(hc.multiclass_radius(p_lower, p_upper, sigma=0.5,
                                       atoms=hc.categorical_atoms(c, beta=0.25))
-                 for c in hc.field_choices(arities, d)) for d in range(4)]
+                 for c in field_choices(arities, d)) for d in range(4)]
     radii = np.minimum.accumulate(radii)
     top = row["largest_budget"]
     assert list(radii[: top + 1]) == row["radius"][: top + 1]

@@ -15,7 +15,8 @@ from hybridcert.config import RunConfig
 from hybridcert.noise import UniformSubstitution
 from hybridcert.registries import register_dataset, register_model
 from hybridcert.run import plan
-from hybridcert.runner import RunLocked, SettingsMismatch, certify_dataset, locked, read_results
+from hybridcert.rundir import RunLocked, SettingsMismatch, locked, read_results
+from hybridcert.runner import certify_dataset
 
 DEFAULT_RUN_JSON = {  # what `hybridcert certify` recorded before the run layer (issue 12)
     "alpha": 0.001, "attacker_alphabet": "any", "filler": None, "baseline": "none",
@@ -100,7 +101,7 @@ def test_two_concurrent_processes_never_duplicate_rows(tmp_path):
         "import sys, hybridcert as hc",
         f"sys.path.insert(0, {here!r})",
         "from test_run import smoothed_for, examples, API",
-        "from hybridcert.runner import RunLocked",
+        "from hybridcert.rundir import RunLocked",
         "try:",
         f"    hc.certify_dataset(smoothed_for(), examples(30), out={str(tmp_path / 'run')!r},"
         " **{**API, 'n': 3000})",

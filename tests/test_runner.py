@@ -14,7 +14,8 @@ from hybridcert.cli import main
 from hybridcert.datasets import load_dataset
 from hybridcert.models import demo
 from hybridcert.noise import UniformSubstitution
-from hybridcert.runner import SettingsMismatch, certify_split, read_results
+from hybridcert.rundir import SettingsMismatch, read_results
+from hybridcert.runner import certify_split
 from hybridcert.smoothing import SmoothedClassifier
 
 TIMING = {"seconds"}
@@ -89,6 +90,7 @@ def test_other_settings_are_refused_but_a_larger_limit_extends(setup, tmp_path):
     assert len(read_results(tmp_path / "run" / "results.jsonl")) == 3
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_run_then_rerun(tmp_path):
     out = tmp_path / "cli"
     argv = [sys.executable, "-m", "hybridcert.cli", "certify", "--n", "3000", "--n0", "20",

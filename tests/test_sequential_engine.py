@@ -12,7 +12,7 @@ from scipy.special import ndtr
 
 import hybridcert as hc
 from hybridcert.noise import UniformSubstitution
-from hybridcert.runner import SettingsMismatch, prepare_run_dir
+from hybridcert.rundir import SettingsMismatch, prepare_run_dir
 from hybridcert.sampling import ABSTAIN
 from hybridcert.streams import STREAM_VERSION, NoiseStream, block_edges
 
@@ -271,7 +271,7 @@ def test_runner_up_recompute_and_binary_unchanged():
 
 def test_cli_sequential_run_records_its_calls_and_draws_the_histogram(tmp_path):
     from hybridcert.cli import main
-    from hybridcert.report import load_run
+    from hybridcert.rundir import read_run as load_run
 
     out = tmp_path / "seq"
     assert main(["certify", "--dataset", "tabular", "--sampling", "sequential", "--n-max",

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import __version__
 from .config import parse_batch_size
 from .registries import DATA_SOURCES, MODELS
 
@@ -187,12 +187,12 @@ def _run_experiment(args) -> int:
     given = {k: v for k, v in (("n_examples", args.examples), ("n", args.n), ("n0", args.n0),
                                ("alpha", args.alpha)) if v is not None}
     if args.name == "adult":
-        from .experiment_adult import adult_experiment
+        from .experiments.adult import adult_experiment
 
         path = adult_experiment(out, data_path=args.data_path, seed=args.seed,
                                 progress=not args.no_progress, **given)
     else:
-        from .experiments import paper_experiment
+        from .experiments.paper import paper_experiment
 
         path = paper_experiment(out, attack_examples=args.attack_examples, seed=args.seed,
                                 **given)

@@ -5,8 +5,8 @@ actors. Each actor calls the picklable ``builder`` once (for the CLI,
 :class:`hybridcert.run.SmoothedBuilder`), so it loads one model replica on its
 CPUs or GPU; the driver builds no model and holds only the examples. The driver streams every finished
 row into ``results.jsonl`` under the same rules as the local executor
-(:mod:`hybridcert.runner`): settings guard, torn-line repair, resume, one
-row per example.
+(:mod:`hybridcert.rundir`): settings guard, torn-line repair, resume, one
+row per example, and the same retry policy.
 
 Results do not depend on where or in what order examples ran. Each example
 draws its noise from ``SeedSequence([seed, index])``, so a Ray run writes the
@@ -19,7 +19,8 @@ Faults:
 - An example whose certification raises (the engine already turns model
   exceptions into abstentions, so this means a broken input or adapter) is
   retried ``max_retries`` times, then written as a failed row with its error.
-  The run continues.
+  The run continues, unless its first examples all fail
+  (:class:`~hybridcert.rundir.RetryPolicy`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .datasets.base import Split
-from .runner import RESULTS, failed_row, locked, open_run, run_one, write_row
+from .rundir import RESULTS, RetryPolicy, error_row, failed_row, label_of, locked, write_row
+from .runner import open_run, run_one
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,10 @@ def certify_split_ray(
     """
     import ray
 
+    policy = RetryPolicy(max_retries)
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
+        policy.start(len(todo))
         started_here = not ray.is_initialized()
         if started_here:
             options = {"include_dashboard": False, "log_to_driver": False,
@@ -94,7 +98,7 @@ def certify_split_ray(
         try:
             _drive(ray, builder, split, out, todo, bar, workers=workers,
                    cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                   max_in_flight=max_in_flight, max_retries=max_retries,
+                   max_in_flight=max_in_flight, policy=policy,
                    kwargs={"n0": n0, "n": n, "alpha": alpha, "d_max": d_max,
                            "protocol": protocol, "seed": seed, "sampling": sampling,
                            "n_max": n_max})
@@ -106,7 +110,7 @@ def certify_split_ray(
 
 
 def _drive(ray, builder, split, out, todo, bar, *, workers, cpus_per_worker, gpus_per_worker,
-           max_in_flight, max_retries, kwargs) -> None:
+           max_in_flight, policy, kwargs) -> None:
     """Keep the actors busy and stream their rows into the results file, in order of arrival."""
     actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None,
                        max_restarts=-1, max_task_retries=0)(_Worker)
@@ -118,9 +122,10 @@ def _drive(ray, builder, split, out, todo, bar, *, workers, cpus_per_worker, gpu
     template = None  # certificate-shaped settings of this run, for rows of dead workers
     turn = 0
 
-    def failed(i, error, settings):
-        write_row(fh, failed_row(split.ids[i], _label(split.y[i]), settings, error))
+    def written(row):
+        write_row(fh, row)
         bar.update(1)
+        policy.finished(row)
 
     with (out / RESULTS).open("a") as fh:
         while queue or in_flight:
@@ -128,7 +133,7 @@ def _drive(ray, builder, split, out, todo, bar, *, workers, cpus_per_worker, gpu
                 i = queue.pop(0)
                 worker = pool[turn % len(pool)]
                 turn += 1
-                ref = worker.certify.remote(i, split.ids[i], _label(split.y[i]),
+                ref = worker.certify.remote(i, split.ids[i], label_of(split.y[i]),
                                             split.x_discrete[i], split.x_continuous[i], kwargs)
                 in_flight[ref] = i
             ready, _ = ray.wait(list(in_flight), num_returns=1)
@@ -139,27 +144,23 @@ def _drive(ray, builder, split, out, todo, bar, *, workers, cpus_per_worker, gpu
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 attempts[i][1] += 1  # the worker died: retry elsewhere (bounded, not by us)
                 if attempts[i][1] > 10:
-                    failed(i, "the worker died 10 times on this example", template)
+                    written(failed_row(split.ids[i], label_of(split.y[i]), template,
+                                       "the worker died 10 times on this example"))
                 else:
                     queue.insert(0, i)
                 continue
             template = settings or template
             if kind == "error":
-                attempts[i][0] += 1
-                if attempts[i][0] <= max_retries:
+                if policy.retry(attempts[i][0]):
+                    attempts[i][0] += 1
                     queue.insert(0, i)
                     continue
-                failed(i, payload, settings or template)
-                continue
-            if payload.get("failed"):
+                payload = error_row(split.ids[i], label_of(split.y[i]), settings or template,
+                                    payload)
+            elif payload["failed"]:
                 logger.warning("example %s failed and is recorded as failed: %s",
                                payload["id"], payload["error"])
-            write_row(fh, payload)
-            bar.update(1)
-
-
-def _label(y) -> int:
-    return -1 if y is None else int(y)
+            written(payload)
 
 
 class _Worker:
@@ -174,7 +175,7 @@ class _Worker:
 
     def certify(self, index, example_id, label, x_discrete, x_continuous, kwargs):
         if self.broken:
-            return "error", self.broken, None
+            return "error", _WorkerError(self.broken), None
         start = time.perf_counter()
         settings = self.smoothed.settings_for(alpha=kwargs["alpha"], protocol=kwargs["protocol"],
                                               d_max=kwargs["d_max"], sampling=kwargs["sampling"])
@@ -183,4 +184,21 @@ class _Worker:
                           start=start, **kwargs)
             return "row", row, settings
         except Exception as err:  # reported to the driver, which retries or writes a failed row
-            return "error", f"{type(err).__name__}: {err}", settings
+            return "error", _portable(err), settings
+
+
+def _portable(err: Exception) -> Exception:
+    """The error as the driver receives it: its type name, message and error counts, picklable
+    whatever the original exception holds."""
+    copy = _WorkerError(f"{type(err).__name__}: {err}")
+    for name in ("calls", "errors", "first_error"):
+        setattr(copy, name, getattr(err, name, None))
+    return copy
+
+
+class _WorkerError(Exception):
+    """An error in a worker, carried to the driver; its message names the original type."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.described = message  # what the failed row records (no second type name)

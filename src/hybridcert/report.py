@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ._format import count_of as _count_of
+from ._format import pct as _pct
+from ._format import table as _table
 from .decision import DecisionRule
 from .record import Certificate, recompute
-from .runner import RESULTS, SETTINGS, read_results
+from .rundir import RESULTS, read_run
 from .sampling import ABSTAIN
 
 REPORT = "report.md"
@@ -40,29 +43,35 @@ TRADEOFF = "tau_tradeoff.png"
 CALLS_FIGURE = "model_calls.png"
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """The settings and the result rows of a run directory (a torn last line is ignored)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / SETTINGS).exists():
-        raise ValueError(f"{run_dir} is not a run directory (no {SETTINGS}); run "
-                         "`hybridcert certify --out DIR` first")
-    settings = json.loads((run_dir / SETTINGS).read_text())
-    rows = [r for r in read_results(run_dir / RESULTS).values() if not r.get("failed")]
-    if not rows:
-        raise ValueError(f"{run_dir / RESULTS} has no finished rows yet")
-    return settings, rows
-
-
-def failed_rows(run_dir: str | os.PathLike) -> list[dict]:
-    """Rows of examples whose certification kept failing (with their error)."""
-    return [r for r in read_results(Path(run_dir) / RESULTS).values() if r.get("failed")]
+def finished_rows(run_dir: str | os.PathLike) -> tuple[dict, list[dict], int]:
+    """The settings, the certified (not failed) rows and the number of failed rows of a run."""
+    settings, rows = read_run(run_dir)
+    done = [r for r in rows if not r["failed"]]
+    if not done:
+        raise ValueError(f"{Path(run_dir) / RESULTS} has no certified rows yet")
+    return settings, done, len(rows) - len(done)
 
 
 # ---------------------------------------------------------------------------- the statistics
 
 
+@cache
+def _rule(decision, tau, target, classes) -> DecisionRule:
+    return DecisionRule(decision, tau=tau, target_label=target, num_classes=classes)
+
+
+def rule_of(settings: dict) -> DecisionRule:
+    """The :class:`~hybridcert.decision.DecisionRule` a run's settings record."""
+    threshold = settings.get("decision") == "threshold"
+    target = settings.get("target_label")
+    return _rule("threshold" if threshold else "majority",
+                 settings.get("tau") if threshold else None,
+                 (1 if target is None else int(target)) if threshold else None,
+                 int(settings.get("num_classes") or 2))
+
+
 def is_threshold(settings: dict) -> bool:
-    return settings.get("decision") == "threshold"
+    return rule_of(settings).threshold
 
 
 def target_label(settings: dict) -> int:
@@ -73,15 +82,16 @@ def target_label(settings: dict) -> int:
 def pools(rows: list[dict], settings: dict) -> dict[str, list[dict]]:
     """The examples each statistic is computed over, by name.
 
-    Threshold rule: ``"unsafe"`` (true label = target label; certified
-    detection) and ``"safe"`` (every other label; false flags). Majority rule:
-    ``"all"``.
+    Threshold rule: ``"unsafe"`` (the rule's evaluation pool: true label =
+    target label; certified detection) and ``"safe"`` (every other label;
+    false flags). Majority rule: ``"all"``.
     """
-    if is_threshold(settings):
-        target = target_label(settings)
-        return {"unsafe": [r for r in rows if r["true_label"] == target],
-                "safe": [r for r in rows if r["true_label"] != target]}
-    return {"all": list(rows)}
+    rule = rule_of(settings)
+    pool = rule.evaluation_pool(list(rows))
+    if rule.threshold:
+        inside = {id(r) for r in pool}
+        return {"unsafe": pool, "safe": [r for r in rows if id(r) not in inside]}
+    return {"all": pool}
 
 
 def main_pool(rows: list[dict], settings: dict) -> list[dict]:
@@ -92,9 +102,10 @@ def main_pool(rows: list[dict], settings: dict) -> list[dict]:
 def is_counted(row: dict, settings: dict) -> bool:
     """Whether the row's certificate counts: a flag (threshold rule; on a safe example that is a
     false flag) or a correct certified label (majority rule)."""
-    if is_threshold(settings):
-        return row["predicted"] == target_label(settings)
-    return bool(row["correct"]) and row["predicted"] != ABSTAIN
+    rule = rule_of(settings)
+    if rule.threshold:  # flagged, on either side: a detection or a false flag
+        return row["predicted"] == rule.target_label
+    return rule.is_certified_hit(row) and row["predicted"] != ABSTAIN
 
 
 def shown_budget(rows: list[dict]) -> int:
@@ -220,6 +231,26 @@ def _count_key(row: dict) -> str:
 # ---------------------------------------------------------------------------- the words
 
 
+def coverage_sentence(settings: dict, certified: int, failed: int) -> str:
+    """Which examples of the split the report covers; a partial run says it is partial.
+
+    The split's size is read from ``run.json`` (``split_size``); runs that did
+    not record it are described by their rows only.
+    """
+    size = settings.get("split_size")
+    done = certified + failed
+    failed_words = f" ({failed} failed, left out)" if failed else ""
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        return f"Certified {certified:,} examples{failed_words}."
+    if done >= size:
+        return f"Certified {certified:,} of the {size:,} test examples{failed_words}: the whole split."
+    limit = settings.get("limit")
+    why = (f"--limit {limit}" if isinstance(limit, int) and limit <= done
+           else "an unfinished run: rerun the same command to resume")
+    return (f"**Partial run**: certified {certified:,} of {size:,} test examples ({why})"
+            f"{failed_words}; every number below is over these examples only.")
+
+
 def attacker_sentence(settings: dict, rows: list[dict]) -> str:
     """What the certificate assumes the attacker can write, in words."""
     kernel = rows[0]["settings"].get("kernel") or {}
@@ -247,14 +278,6 @@ def attacker_sentence(settings: dict, rows: list[dict]) -> str:
                      "excludes no token id.")
         return text
     return "The attacker's alphabet is not recorded in these rows."
-
-
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
-
-
-def _count_of(k: int, m: int) -> str:
-    return f"{k} of {m} ({k / m:.1%})" if m else f"{k} of 0"
 
 
 def _settings_line(s: dict) -> str:
@@ -287,16 +310,11 @@ def cost_lines(rows: list[dict], settings: dict) -> list[str]:
 # ---------------------------------------------------------------------------- the report
 
 
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(cells) + " |" for cells in body]
-
-
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``report.md`` and its figures (``certified_accuracy.png``, ``frontier.png``, and
     under the threshold rule ``tau_tradeoff.png``) into ``run_dir``."""
     run_dir = Path(run_dir)
-    settings, rows = load_run(run_dir)
+    settings, rows, failed = finished_rows(run_dir)
     recorded = rows[0].get("settings") or {}
     if "target_label" in recorded:  # the rule the certificates themselves used (one value)
         settings = {**settings, **DecisionRule.from_settings(recorded).describe()}
@@ -312,7 +330,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     n_rows = len(rows)
 
     lines = [f"# Certification report: `{settings.get('dataset', run_dir.name)}`", "",
-             _settings_line(settings), "", attacker_sentence(settings, rows), ""]
+             _settings_line(settings), "", coverage_sentence(settings, len(rows), failed), "",
+             attacker_sentence(settings, rows), ""]
     lines += ["## Summary", ""]
     if threshold:
         tau = settings.get("tau")
@@ -383,7 +402,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines += _table(["largest d", "examples"], [[str(d), str(k)] for d, k in counts.items()])
     seconds = np.array([r["seconds"] for r in rows])
     lines += ["", "## Cost", "", *cost_lines(rows, settings),
-        f"- examples whose certification failed (left out above): {len(failed_rows(run_dir))}",
+        f"- examples whose certification failed (left out above): {failed}",
         f"- noisy samples the base model abstained on: {sum(r['abstentions'] for r in rows)}, "
         f"of which lost to exceptions: {sum(r['errors'] for r in rows)}",
         f"- seconds per example: {seconds.mean():.3f} (total {seconds.sum():.1f} s; depends on "
@@ -409,7 +428,7 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         lines += ["`tau_tradeoff.png`: the table of the previous section as curves.", "",
                   f"![detection versus false flags across tau]({TRADEOFF})", ""]
     lines += [f"`{CALLS_FIGURE}`: model calls per example (sequential sampling stops early on "
-              "settled examples; fixed sampling is one bar).", "",
+              "settled examples; when every example costs the same it is one bar).", "",
               f"![model calls per example]({CALLS_FIGURE})", ""]
     out = run_dir / REPORT
     out.write_text("\n".join(lines))
@@ -597,22 +616,32 @@ def _plot_tradeoff(path: Path, curve: dict, points, tau: float, settings, rows) 
 def plot_calls_histogram(path: str | os.PathLike, rows: list[dict]) -> Path:
     """Histogram of model calls per example (log-spaced bins): where a sequential run spent.
 
-    Under fixed sampling every example costs the same and the histogram is one bar.
+    When every example cost the same (fixed sampling) the figure is one labelled
+    bar at that number, on a plain axis.
     """
     plt = _pyplot()
     calls = np.array([r["model_calls"] for r in rows], dtype=float)
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=120)
     low, high = max(calls.min(), 1.0), max(calls.max(), 2.0)
-    spread = high > low * 1.1
-    ax.hist(calls, bins=np.geomspace(low / 1.05, high * 1.05, 30) if spread else 10, color="C2")
-    if spread:
-        ax.set_xscale("log")
-    ax.axvline(np.median(calls), color="C3", lw=2, label=f"median {np.median(calls):.0f}")
-    ax.set_xlabel("model calls for the example")
+    if calls.min() == calls.max():  # one value: a bar with its number, not a histogram
+        ax.bar([f"{calls[0]:,.0f}"], [calls.size], width=0.4, color="C2")
+        ax.set_xlabel("model calls for the example (every example: the same)")
+        title = f"model calls per example: {calls[0]:,.0f} for all {calls.size} examples"
+    else:
+        spread = high > low * 1.1
+        ax.hist(calls, bins=np.geomspace(low / 1.05, high * 1.05, 30) if spread else 10,
+                color="C2")
+        if spread:
+            ax.set_xscale("log")
+        else:  # a narrow range: plain numbers, no "+1e4" offset
+            ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+        ax.axvline(np.median(calls), color="C3", lw=2, label=f"median {np.median(calls):,.0f}")
+        ax.set_xlabel("model calls for the example")
+        ax.legend(fontsize=8)
+        title = f"model calls per example (mean {calls.mean():,.0f}, {len(calls)} examples)"
     ax.set_ylabel("examples")
-    ax.set_title(f"model calls per example (mean {calls.mean():.0f}, {len(calls)} examples)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .config import AUTO_BATCH, ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule

@@ -1,20 +1,8 @@
-"""Certify examples into ``results.jsonl``, row by row, resumable: the results file and its rules.
+"""Certify examples into a run directory, row by row, resumable: the local executor and the Python API.
 
-Layout of a run directory:
-
-- ``run.json``: the settings. A rerun with other settings is refused (no
-  mixed files), and so is a directory that holds rows but no ``run.json``.
-- ``results.jsonl``: one JSON object per example, appended, flushed and
-  fsynced as each example finishes. Every row has the same columns, whether
-  the example was certified or failed (``failed``, ``error``).
-- ``.lock``: held (``fcntl.flock``) by the one process writing the directory;
-  a second run into it is refused with the holder's pid and host.
-
-On reopening, the file is repaired under the lock: a torn last line (a crash
-mid-write) is cut; a corrupt line elsewhere is reported and moved to
-``results.corrupt.jsonl`` with the rows after it kept; rows of failed examples
-are dropped so that those examples are certified again. Only what is missing
-is then certified.
+The directory itself (``run.json``, ``results.jsonl``, the lock, repair,
+:func:`~hybridcert.rundir.load_run`) and the retry policy shared with the Ray
+executor are in :mod:`hybridcert.rundir`.
 
 Every example draws its noise from its own counter-based stream, keyed by
 ``SeedSequence([seed, index])`` where ``index`` is its position in the split
@@ -26,183 +14,39 @@ refused with the reason: its rows could not be reproduced by this version.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .datasets.base import Split
-from .sampling import ABSTAIN
+from .rundir import (
+    RESULTS,
+    RetryPolicy,
+    error_row,
+    failed_row,
+    label_of,
+    prepare_run_dir,
+    read_results,
+    result_row,
+    write_row,
+)
+from .rundir import locked as locked
 from .smoothing import SmoothedClassifier
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunLocked", "SettingsMismatch", "certify_dataset", "certify_split", "load_run",
-           "read_results"]
-
-RESULTS = "results.jsonl"
-SETTINGS = "run.json"
-LOCK = ".lock"
-QUARANTINE = "results.corrupt.jsonl"
-# Settings that change no result; they may differ between the runs that fill one directory.
-# The batch size does not change results: the noise streams are counter-based.
-_IGNORED = {"limit", "report", "out", "batch_size"}
-
-
-class SettingsMismatch(ValueError):
-    """The run directory holds results made with other (or unknown) settings."""
-
-
-class RunLocked(ValueError):
-    """Another process is writing the run directory."""
-
+__all__ = ["certify_dataset", "certify_split", "run_one"]
 
 def example_seed(seed: int, index: int) -> np.random.SeedSequence:
     """The noise stream of example ``index`` under run seed ``seed``."""
     return np.random.SeedSequence([int(seed), int(index)])
 
 
-# --------------------------------------------------------------------------- the directory
-
-
-@contextlib.contextmanager
-def locked(out: str | os.PathLike) -> Iterator[Path]:
-    """Hold the exclusive lock of run directory ``out`` (created if needed) while inside."""
-    import fcntl
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise RunLocked(f"{out} is being written by {holder}; wait for that run to end or "
-                            "use another output directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
-        yield out
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[str, dict]]:
-    """Check or record ``run.json`` and repair ``results.jsonl``; the directory and its rows.
-
-    Call it while holding :func:`locked`. Raises :class:`SettingsMismatch`
-    when ``run.json`` records other settings, or is missing beside rows.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    recorded_path = out / SETTINGS
-    results = out / RESULTS
-    comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
-    comparable = json.loads(json.dumps(comparable, default=str))  # tuples, numpy scalars
-    if recorded_path.exists():
-        recorded = json.loads(recorded_path.read_text())
-        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
-        if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
-            raise SettingsMismatch(
-                f"{out} holds results drawn with other noise streams "
-                f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
-                f", this version draws {comparable['stream']}): the same example would get other "
-                "noise, so the run cannot be resumed or extended; use another output directory")
-        if recorded != comparable:
-            diff = sorted(k for k in set(recorded) | set(comparable)
-                          if recorded.get(k) != comparable.get(k))
-            detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
-            raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
-                                   "use another output directory or the same settings")
-    else:
-        if results.exists() and results.stat().st_size > 0:
-            raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
-                                   "of its rows are unknown; use another output directory, or "
-                                   f"delete {results} to start over")
-        tmp = recorded_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, recorded_path)
-    rows = read_results(results, repair=True)
-    return out, {k: r for k, r in rows.items() if not r.get("failed")}
-
-
-def read_results(path: str | os.PathLike, repair: bool = False) -> dict[str, dict]:
-    """Rows of a ``results.jsonl`` by id; a later successful row replaces a failed one.
-
-    A torn last line is ignored (``repair``: cut off). A corrupt line before
-    the end is reported (logging warning) and skipped, never the rows after
-    it; with ``repair`` it is moved to ``results.corrupt.jsonl``, and rows of
-    failed examples are dropped from the file so that a rerun certifies them
-    again. Only call ``repair`` under :func:`locked`.
-    """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    rows: dict[str, dict] = {}
-    keep: list[bytes] = []
-    corrupt: list[bytes] = []
-    torn = False
-    lines = data.splitlines(keepends=True)
-    for number, line in enumerate(lines, 1):
-        if not line.endswith(b"\n"):
-            torn = True  # the writer died mid-line: redo that example
-            break
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-                raise ValueError("not a row with a string id")
-        except ValueError as err:
-            if line.strip():
-                corrupt.append(line)
-                logger.warning("%s line %d is corrupt (%s); skipped%s", path, number, err,
-                               f", moved to {QUARANTINE}" if repair else "")
-            continue
-        if row["id"] not in rows or (rows[row["id"]].get("failed") and not row.get("failed")):
-            rows[row["id"]] = row
-        keep.append(line)
-    if repair and (torn or corrupt or any(r.get("failed") for r in rows.values())):
-        if corrupt:
-            with (path.parent / QUARANTINE).open("ab") as fh:
-                fh.writelines(corrupt)
-        good = [line for line in keep if not json.loads(line).get("failed")]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(b"".join(good))
-        os.replace(tmp, path)
-    return rows
-
-
-def load_run(run_dir: str | os.PathLike):
-    """The rows of a run directory as a pandas DataFrame, one row per example (no duplicates).
-
-    Failed examples are included with ``failed == True`` and their ``error``;
-    the settings of the run are in ``frame.attrs["settings"]``.
-    """
-    import pandas as pd
-
-    run_dir = Path(run_dir)
-    if not (run_dir / SETTINGS).exists():
-        raise ValueError(f"{run_dir} is not a run directory (no {SETTINGS})")
-    rows = list(read_results(run_dir / RESULTS).values())
-    frame = pd.DataFrame(rows)
-    frame.attrs["settings"] = json.loads((run_dir / SETTINGS).read_text())
-    return frame
-
-
 # --------------------------------------------------------------------------- rows
-
-
-def write_row(fh, row: dict) -> None:
-    """Append one row and make it durable before the next example starts."""
-    fh.write(json.dumps(row) + "\n")
-    fh.flush()
-    os.fsync(fh.fileno())
 
 
 def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
@@ -220,55 +64,10 @@ def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_labe
     if cert.model_calls and cert.errors == cert.model_calls:
         return failed_row(example_id, true_label, cert.settings,
                           f"every model call raised; first error: {cert.first_error}",
-                          model_calls=cert.model_calls, seconds=seconds)
+                          model_calls=cert.model_calls, errors=cert.errors,
+                          abstentions=cert.abstentions, first_error=cert.first_error,
+                          seconds=seconds)
     return result_row(example_id, true_label, cert, seconds)
-
-
-def failed_row(example_id: str, true_label: int, settings: dict | None, error: str, *,
-               model_calls: int = 0, seconds: float = 0.0) -> dict:
-    """The row of an example whose certification failed: the columns of every row.
-
-    ``settings`` are the certificate-shaped settings
-    (:meth:`~hybridcert.smoothing.SmoothedClassifier.settings_for`).
-    """
-    logger.warning("example %s failed and is recorded as failed: %s", example_id, error)
-    return {
-        "id": example_id, "true_label": true_label, "predicted": ABSTAIN, "abstain": True,
-        "correct": False, "p_lower": 0.0, "count": [], "n": [], "n0": 0, "largest_budget": -1,
-        "radius": [], "abstentions": 0, "errors": 0, "model_calls": model_calls,
-        "sampling": (settings or {}).get("sampling", "fixed"), "runner_up_count": [],
-        "seconds": round(seconds, 6), "settings": settings, "failed": True, "error": error,
-        "first_error": error,
-    }
-
-
-def result_row(example_id: str, true_label: int, cert, seconds: float) -> dict:
-    """One line of ``results.jsonl`` (flat where pandas likes it, settings included)."""
-    radii = list(cert.radii)
-    return {
-        "id": example_id,
-        "true_label": true_label,
-        "predicted": cert.label,
-        "abstain": cert.label == ABSTAIN,
-        "correct": cert.label == true_label,
-        "p_lower": cert.p_lower,
-        "count": list(cert.count),
-        "n": list(cert.n),
-        "n0": cert.n0,
-        "largest_budget": cert.largest_budget,
-        "radius": radii,
-        **{f"radius_d{d}": r for d, r in enumerate(radii)},
-        "abstentions": cert.abstentions,
-        "errors": cert.errors,
-        "model_calls": cert.model_calls,
-        "sampling": cert.settings.get("sampling", "fixed"),
-        "runner_up_count": list(cert.runner_up),
-        "seconds": round(seconds, 6),
-        "settings": cert.settings,
-        "failed": False,
-        "error": None,
-        "first_error": cert.first_error,
-    }
 
 
 # --------------------------------------------------------------------------- the local executor
@@ -294,51 +93,52 @@ def certify_split(
 ) -> Path:
     """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``.
 
-    An example whose certification raises is retried ``max_retries`` times,
-    then written as a failed row with its error; the run goes on, and the
-    next run into ``out`` certifies it again.
+    Failures follow :class:`~hybridcert.rundir.RetryPolicy`: an example whose
+    certification raises is retried ``max_retries`` times, then written as a
+    failed row with its error; the run goes on, and the next run into ``out``
+    certifies it again. When the first examples all fail the run stops with
+    :class:`~hybridcert.rundir.RunStopped`.
     """
     kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
               "seed": seed, "sampling": sampling, "n_max": n_max}
+    policy = RetryPolicy(max_retries)
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
-        with (out / RESULTS).open("a") as fh:
-            for i in todo:
-                for attempt in range(max_retries + 1):
-                    try:
-                        row = run_one(smoothed, i, split.ids[i], _label(split.y[i]),
-                                      split.x_discrete[i], split.x_continuous[i],
-                                      start=time.perf_counter(), **kwargs)
-                        break
-                    except Exception as err:
-                        if attempt == max_retries:
-                            row = failed_row(split.ids[i], _label(split.y[i]),
-                                             smoothed.settings_for(
-                                                 alpha=alpha, protocol=protocol, d_max=d_max,
-                                                 sampling=sampling),
-                                             f"{type(err).__name__}: {err}")
-                write_row(fh, row)
-                bar.update(1)
-        bar.close()
+        policy.start(len(todo))
+        try:
+            with (out / RESULTS).open("a") as fh:
+                for i in todo:
+                    label, attempt = label_of(split.y[i]), 0
+                    while True:
+                        start = time.perf_counter()
+                        try:
+                            row = run_one(smoothed, i, split.ids[i], label, split.x_discrete[i],
+                                          split.x_continuous[i], start=start, **kwargs)
+                            break
+                        except Exception as err:
+                            if not policy.retry(attempt):
+                                row = error_row(split.ids[i], label, smoothed.settings_for(
+                                    alpha=alpha, protocol=protocol, d_max=d_max,
+                                    sampling=sampling), err, time.perf_counter() - start)
+                                break
+                            attempt += 1
+                    write_row(fh, row)
+                    bar.update(1)
+                    policy.finished(row)
+        finally:
+            bar.close()
     return out
 
 
 def open_run(split: Split, out: Path, settings: dict, limit: int | None, progress: bool):
     """Open (or resume) a locked run directory: the indices still to do, a progress bar."""
-    _, done = prepare_run_dir(out, settings)
+    # The split's size goes into run.json (not compared on resume) for the report to say
+    # whether the run covers the whole split.
+    _, done = prepare_run_dir(out, {"split_size": len(split), **settings})
     indices = range(len(split) if limit is None else min(limit, len(split)))
     todo = [i for i in indices if split.ids[i] not in done]
     bar = _progress(total=len(indices), initial=len(indices) - len(todo), enabled=progress)
     return todo, bar
-
-
-def _label(y) -> int:
-    return -1 if y is None else int(y)
-
-
-def failed_rows(out: str | os.PathLike) -> list[dict]:
-    """Rows of the failed examples of a run directory."""
-    return [r for r in read_results(Path(out) / RESULTS).values() if r.get("failed")]
 
 
 # --------------------------------------------------------------------------- the Python API
@@ -406,7 +206,7 @@ def certify_dataset(
     The same file, rules and report as ``hybridcert certify``: ``out/run.json``
     records the settings, ``out/results.jsonl`` one row per example (resume
     by calling again with the same arguments), ``out/report.md`` the summary.
-    Read the rows back with :func:`load_run`.
+    Read the rows back with :func:`~hybridcert.rundir.load_run`.
 
     Parameters
     ----------
@@ -446,8 +246,8 @@ def certify_dataset(
     >>> len(frame), frame["id"].is_unique, int(frame["failed"].sum())
     (4, True, 0)
     """
-    from . import __version__
     from ._validation import check_int, check_open_unit
+    from ._version import __version__
     from .streams import STREAM_VERSION
 
     if not isinstance(smoothed, SmoothedClassifier):
@@ -472,7 +272,7 @@ def certify_dataset(
     out = certify_split(smoothed, split, out, settings, n0=n0, n=n, alpha=alpha, d_max=d_max,
                         protocol=protocol, seed=seed, limit=limit, progress=progress,
                         max_retries=max_retries)
-    if report and any(not r.get("failed") for r in read_results(out / RESULTS).values()):
+    if report and any(not r["failed"] for r in read_results(out / RESULTS).values()):
         from .report import write_report
 
         write_report(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_probability
 from ._numerics import (
@@ -23,7 +24,7 @@ from .atoms import Atoms
 __all__ = ["discrete_bound", "discrete_bound_upper"]
 
 
-def discrete_bound(p_lower, atoms: Atoms):
+def discrete_bound(p_lower: ArrayLike, atoms: Atoms) -> float | np.ndarray:
     """Smallest smoothed probability at ``x'`` given ``p_A(x) >= p_lower`` (discrete noise only).
 
     The worst-case base classifier spends its clean mass on the atoms of
@@ -51,7 +52,7 @@ def discrete_bound(p_lower, atoms: Atoms):
     return output(v_lo, shape)
 
 
-def discrete_bound_upper(p_upper, atoms: Atoms):
+def discrete_bound_upper(p_upper: ArrayLike, atoms: Atoms) -> float | np.ndarray:
     """Largest smoothed probability at ``x'`` given ``p_B(x) <= p_upper`` (docs/theory.md §8).
 
     The mirrored knapsack, filled from the highest ratio down; equal to
@@ -64,7 +65,8 @@ def discrete_bound_upper(p_upper, atoms: Atoms):
     return output(np.minimum(w_hi, 1.0), shape)
 
 
-def knapsack_bounds(prep: Prepared, m_lo: np.ndarray, mc_hi: np.ndarray):
+def knapsack_bounds(prep: Prepared, m_lo: np.ndarray,
+                    mc_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rigorous bounds on the knapsack value ``V(m)`` and on ``1 - V(m)``.
 
     ``m_lo <= m`` and ``mc_hi >= 1 - m`` bound the clean mass ``m`` the

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import (
     check_beta,
@@ -48,12 +49,12 @@ class Frontier:
 
 
 def certified_frontier(
-    p_lower,
+    p_lower: ArrayLike,
     *,
-    sigma,
+    sigma: float,
     atoms: Sequence[Atoms] | Callable[[int], Atoms],
     d_max: int | None = None,
-    tau=0.5,
+    tau: float = 0.5,
 ) -> Frontier:
     """``r*(d)`` for ``d = 0..d_max`` from one lower bound (shared-D, docs/theory.md §2 and §7).
 
@@ -111,7 +112,8 @@ def certified_frontier(
 
 
 def categorical_frontier(
-    p_lower, *, sigma, arities: Sequence[int], beta: float, d_max: int | None = None, tau=0.5
+    p_lower: ArrayLike, *, sigma: float, arities: Sequence[int], beta: float,
+    d_max: int | None = None, tau: float = 0.5,
 ) -> Frontier:
     """Frontier for tabular data: the attacker also picks WHICH ``d`` fields to change.
 
@@ -143,7 +145,8 @@ def categorical_frontier(
 
 
 def categorical_frontier_by_subsets(
-    p_lower, *, sigma, arities: Sequence[int], beta: float, d_max: int | None = None, tau=0.5
+    p_lower: ArrayLike, *, sigma: float, arities: Sequence[int], beta: float,
+    d_max: int | None = None, tau: float = 0.5,
 ) -> Frontier:
     """Reference for :func:`categorical_frontier`: the brute force over field subsets.
 

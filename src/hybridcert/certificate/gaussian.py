@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._validation import check_open_unit, check_positive, check_probability
 from ._numerics import EPS, NDTRI_RTOL, broadcast, output, probit, round_down
@@ -10,7 +11,8 @@ from ._numerics import EPS, NDTRI_RTOL, broadcast, output, probit, round_down
 __all__ = ["gaussian_radius"]
 
 
-def gaussian_radius(p_lower, *, sigma, tau=0.5):
+def gaussian_radius(p_lower: ArrayLike, *, sigma: ArrayLike,
+                    tau: ArrayLike = 0.5) -> float | np.ndarray:
     """Certified L2 radius of Gaussian smoothing: ``sigma * (Phi^-1(p_lower) - Phi^-1(tau))``.
 
     Parameters

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.special import ndtr
 
 from .._validation import (
@@ -91,7 +92,8 @@ def _quiet(fn):
 # --------------------------------------------------------------------------- public API
 
 
-def worst_case_probability(p_lower, *, sigma, atoms: Atoms, radius):
+def worst_case_probability(p_lower: ArrayLike, *, sigma: ArrayLike, atoms: Atoms,
+                           radius: ArrayLike) -> float | np.ndarray:
     """``V(r)``: the smallest ``p_A(x')`` over attacks of ``d`` changes and L2 shift ``radius``.
 
     Parameters
@@ -120,7 +122,8 @@ def worst_case_probability(p_lower, *, sigma, atoms: Atoms, radius):
     return output(v_lo, shape)
 
 
-def worst_case_probability_upper(p_upper, *, sigma, atoms: Atoms, radius):
+def worst_case_probability_upper(p_upper: ArrayLike, *, sigma: ArrayLike, atoms: Atoms,
+                                 radius: ArrayLike) -> float | np.ndarray:
     """The largest ``p_B(x')`` given ``p_B(x) <= p_upper`` (docs/theory.md §8, runner-up label).
 
     The mirrored problem ``max Q(R) s.t. P(R) <= p_upper`` equals
@@ -136,7 +139,8 @@ def worst_case_probability_upper(p_upper, *, sigma, atoms: Atoms, radius):
     return output(np.minimum(w_hi, 1.0), shape)
 
 
-def certified_radius(p_lower, *, sigma, atoms: Atoms, tau=0.5):
+def certified_radius(p_lower: ArrayLike, *, sigma: ArrayLike, atoms: Atoms,
+                     tau: ArrayLike = 0.5) -> float | np.ndarray:
     """``r*(d)``: the largest L2 radius at which ``p_A(x') >= tau`` still holds after ``d`` changes.
 
     Parameters
@@ -185,7 +189,8 @@ def certified_radius(p_lower, *, sigma, atoms: Atoms, tau=0.5):
     return output(round_down(s * a), shape)
 
 
-def multiclass_radius(p_lower, p_upper, *, sigma, atoms: Atoms):
+def multiclass_radius(p_lower: ArrayLike, p_upper: ArrayLike, *, sigma: ArrayLike,
+                      atoms: Atoms) -> float | np.ndarray:
     """Radius at which the top label ``A`` provably beats the runner-up ``B`` (docs/theory.md §8).
 
     Certified at ``(d, r)`` iff the lower bound on ``p_A(x')`` exceeds the upper
@@ -393,7 +398,7 @@ def _bounds_at_radius(prep: Prepared, m_lo, mc_hi, a):
 # --------------------------------------------------------------------------- radius search
 
 
-def discrete_certified(prep: Prepared, p, t):
+def discrete_certified(prep: Prepared, p: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Proved ``p > tau`` and ``V(0) >= tau``: the budget holds at radius 0 (docs/theory.md §3)."""
     return _discrete_check(prep, p, t)[2]
 

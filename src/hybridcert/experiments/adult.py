@@ -38,17 +38,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import check_beta, check_int, check_open_unit, check_positive
-from .certificate.atoms import categorical_atoms, field_choices
-from .certificate.discrete import discrete_bound
-from .certificate.frontier import categorical_frontier, categorical_frontier_by_subsets
-from .datasets import load_adult
-from .models import demo
-from .noise import CategoricalSubstitution
-from .record import recompute
-from .sampling import ABSTAIN
-from .smoothing import SmoothedClassifier
-from .stats import clopper_pearson_lower
+from .._validation import check_beta, check_int, check_open_unit, check_positive
+from ..certificate.atoms import categorical_atoms, field_choices
+from ..certificate.discrete import discrete_bound
+from ..certificate.frontier import categorical_frontier, categorical_frontier_by_subsets
+from ..datasets import load_adult
+from ..models import demo
+from ..noise import CategoricalSubstitution
+from ..record import recompute
+from ..sampling import ABSTAIN
+from ..smoothing import SmoothedClassifier
+from ..stats import clopper_pearson_lower
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +91,19 @@ def adult_experiment(out: str | Path, *, n_examples: int = PAPER["examples"],
     if not models or len(set(models)) != len(models):
         raise ValueError(f"models must name at least one of {demo.TABULAR_ESTIMATORS}, each once, "
                          f"got {models!r}")
-    n_examples, seed = check_int("n_examples", n_examples, minimum=1), check_int("seed", seed,
-                                                                                 minimum=0)
+    n_examples = check_int("n_examples (--examples)", n_examples, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
     d_max, batch_size = check_int("d_max", d_max, minimum=1), check_int("batch_size", batch_size,
                                                                         minimum=1)
     for name in models:
         if name not in demo.TABULAR_ESTIMATORS:
             raise ValueError(f"models must be among {demo.TABULAR_ESTIMATORS}, got {name!r}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_adult(data_path, seed=seed)
     if not 1 <= n_examples <= len(data.test):
-        raise ValueError(f"n_examples must lie in 1..{len(data.test)}, got {n_examples}")
+        raise ValueError(f"n_examples (--examples) must lie in 1..{len(data.test)}, got "
+                         f"{n_examples}")
+    out.mkdir(parents=True, exist_ok=True)  # only once every argument is checked
     picked = np.sort(np.random.default_rng(seed).choice(len(data.test), n_examples,
                                                         replace=False))
     kernel = CategoricalSubstitution(beta=beta, arities=data.arities)
@@ -228,7 +229,7 @@ def _budget_thresholds(arities, beta, d_max, n, alpha) -> dict:
 
 def _compare_with_subsets(p_lowers: np.ndarray, arities, beta, sigma, d_max) -> dict:
     """Exact minimum over field choices against the brute force over subsets, timed."""
-    from .certificate import frontier
+    from ..certificate import frontier
 
     kwargs = {"sigma": sigma, "arities": arities, "beta": beta, "d_max": d_max, "tau": 0.5}
     start = time.perf_counter()

@@ -12,7 +12,10 @@ model calls for every method:
 4. MMCert-style ablation on these interaction-only examples;
 5. the joint attack against the certificate on ``attack_examples`` examples.
 
-Tables go to ``paper.md``, figures to PNG, the raw numbers to ``paper.json``.
+Tables go to ``paper.md``, the figures ``attack_vs_certificate.png`` and
+``beta_ablation.png``, the raw numbers to ``paper.json``. Every sentence of
+``paper.md`` states numbers of the run (``paper.json["findings"]``), none a
+conclusion written in advance.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .attacks import JointAttack
-from .baselines import MMCertSmoother, ablation_delta
-from .certificate.hybrid import certified_radius, worst_case_probability
-from .datasets import load_dataset
-from .models import demo
-from .noise import UniformSubstitution, attack_atoms
-from .record import Certificate
-from .sampling import ABSTAIN
-from .smoothing import SmoothedClassifier
+from .._format import pct as _pct
+from .._format import table as _table
+from .._validation import check_int, check_open_unit
+from ..attacks import JointAttack
+from ..baselines import MMCertSmoother, ablation_delta
+from ..certificate.hybrid import certified_radius, worst_case_probability
+from ..datasets import load_dataset
+from ..models import demo
+from ..noise import UniformSubstitution, attack_atoms
+from ..record import Certificate
+from ..sampling import ABSTAIN
+from ..smoothing import SmoothedClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +49,31 @@ PAPER_TAU = 4.6e-5  # the paper's threshold, for a guard that is almost never wr
 def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0: int = 50,
                      alpha: float = 0.001, attack_examples: int = 8, seed: int = 0,
                      cache=None, progress: bool = True) -> Path:
-    """Run every comparison and write ``paper.md``, ``paper.json`` and figures into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run every comparison and write ``paper.md``, ``paper.json`` and the figures
+    ``attack_vs_certificate.png`` and ``beta_ablation.png`` into ``out``.
+
+    Every argument is checked before any work (a ``ValueError`` naming it,
+    with its command-line option); nothing is written then.
+    """
+    n_examples, n, n0, attack_examples, seed = (
+        check_int(name, value, minimum=minimum) for name, value, minimum in (
+            ("n_examples (--examples)", n_examples, 1), ("n (--n)", n, 1), ("n0 (--n0)", n0, 1),
+            ("attack_examples (--attack-examples)", attack_examples, 1),
+            ("seed (--seed)", seed, 0)))
+    alpha = float(check_open_unit("alpha (--alpha)", alpha))
     data = load_dataset("mm-interaction", seed=seed)
-    unsafe = np.flatnonzero(data.test.y == 1)[:n_examples]
+    available = np.flatnonzero(data.test.y == 1)
+    if n_examples > available.size:
+        raise ValueError(f"n_examples (--examples) must be at most {available.size} (the unsafe "
+                         f"test examples of mm-interaction), got {n_examples}")
+    if attack_examples > n_examples:
+        raise ValueError("attack_examples (--attack-examples) must be at most n_examples "
+                         f"(--examples) = {n_examples}, got {attack_examples}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out (--out) {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    unsafe = available[:n_examples]
     tokens = [data.test.x_discrete[i] for i in unsafe]
     images = [data.test.x_continuous[i] for i in unsafe]
     def say(message, **_):
@@ -166,7 +192,7 @@ def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0
     attack = JointAttack(methods["hybrid"], model.module, random_state=seed)
     radii = [0.0, 0.5, 1.0, 1.5]
     results["attack"] = []
-    for k in range(min(attack_examples, len(tokens))):
+    for k in range(attack_examples):
         cert = certs_by_method["hybrid"][k]
         for res in attack.run(tokens[k], images[k], budgets=[0, 1, 2], radii=radii, n_eval=n,
                               alpha=alpha):
@@ -179,6 +205,7 @@ def paper_experiment(out: str | Path, *, n_examples: int = 40, n: int = 2000, n0
                 "certified bound": certified_bound(cert, res.d, res.radius),
                 "beaten": bool(certified and res.p_upper < TAU), "base_label": res.base_label})
     results["attack summary"] = attack_summary(results["attack"])
+    results["findings"] = findings(results)
     (out / "paper.json").write_text(json.dumps(results, indent=2, default=str))
     _write_markdown(out, results)
     _plot(out, results, certs_by_method)
@@ -214,7 +241,8 @@ def radius_ratio(p_lower: float, *, sigma: float, spec: dict, taus, vocab_sizes)
             r0, r1 = (min(certified_radius(p_lower, sigma=sigma, tau=tau, atoms=atoms)
                           for atoms in attack_atoms(dict(spec, vocab_size=vocab), d))
                       for d in (0, 1))
-            out.append({"p_lower": p_lower, "tau": tau, "V": vocab, "r0": r0, "r1": r1})
+            out.append({"p_lower": p_lower, "tau": tau, "V": vocab, "r0": r0, "r1": r1,
+                        "ratio": r1 / r0 if r0 else None})
     return out
 
 
@@ -232,15 +260,6 @@ def attack_summary(attacks: list[dict]) -> list[dict]:
             "median gap": float(np.median([a["p_attack"] - a["certified bound"] for a in at])),
             "beaten": sum(a["beaten"] for a in at)})
     return out
-
-
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
-
-
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-        "| " + " | ".join(cells) + " |" for cells in body]
 
 
 def _cell(value, key: str) -> str:
@@ -265,8 +284,8 @@ COLUMNS = {
     "mean p_lower": "mean lower confidence bound on p(unsafe) under the method's noise",
     "model calls per example": "noisy samples sent to the model: n per estimate, plus n0 "
                                "selection samples under the majority rule",
-    "seconds per example": "wall time; it depends on the machine and its load (two identical "
-                           "runs have differed up to fourfold), so compare only within a run",
+    "seconds per example": "wall time; it depends on the machine and its load, so compare only "
+                           "within a run",
 }
 
 
@@ -290,56 +309,32 @@ def _write_markdown(out: Path, r: dict) -> None:
              "Columns:", ""]
     lines += [f"- *{k}*: {v}." for k, v in COLUMNS.items()]
 
-    # 1. hybrid versus unimodal
-    ratio = hy["mean radius d=1"] / im["mean radius d=0"] if im["mean radius d=0"] else None
-    budget = (hy["mean largest budget"] / tx["mean largest budget"]
-              if tx["mean largest budget"] else None)
+    # 1. hybrid versus unimodal. Every sentence below states numbers of this run (no prose
+    # claims that a rerun could contradict).
+    f = r["findings"]
     lines += ["", "## Hybrid versus unimodal smoothing (same base model, same model calls)", ""]
     lines += _table(["method", *keys], [[name] + [_cell(s[k], k) for k in keys]
                                         for name, s in r["methods"].items()])
-    beta_ratios = {b: s["mean radius d=1"] / s["mean radius d=0"]
-                   for b, s in r["beta"].items() if s["mean radius d=0"]}
-    ratio_rows = r["radius ratio"]
-    lines += ["", "**Finding.** Only hybrid smoothing certifies a joint budget (a changed token "
-              "and an image shift at once). Its price is larger than the paper suggests. "
-              "The paper expects the hybrid image radius at d = 1 to sit a few percent below "
-              "image-only's radius at d = 0, and its text budget a few percent below "
-              "text-only's. Here the hybrid radius at d = 1 is "
-              + (f"{hy['mean radius d=1']:.3f}, {_pct(ratio)} of image-only's "
-                 f"{im['mean radius d=0']:.3f}" if ratio is not None else "-")
-              + ", and its mean text budget is "
-              + (f"{hy['mean largest budget']:.3f} tokens, {_pct(budget)} of text-only's "
-                 f"{tx['mean largest budget']:.3f}" if budget is not None else "-")
-              + " (text-only certifies the larger text budget).", "",
-              "**Why.** Two things, and the alphabet's size is not one of them. First, the token "
-              "noise "
-              "makes the model less sure: the hybrid's mean p_lower is "
-              f"{hy['mean p_lower']:.3f} against image-only's {im['mean p_lower']:.3f}, so even "
-              f"its radius at d = 0 ({hy['mean radius d=0']:.3f}) is below image-only's. Second, "
-              "and larger: under uniform substitution a changed token survives the noise with "
-              "probability about 1 - beta, and the certificate must assume the model fails "
-              "whenever it does. So at d = 1 it gives up about that much probability before "
-              f"any image shift: p_lower - V_1(0) = {r['d=1 cost at r=0']:.3f} here (median "
-              f"over the examples; V = {r['vocab_size']}, attacker alphabet "
-              f"`{r['attacker alphabet']}`; in the attack table the bound at d = 1, r = 0 is "
-              "p_lower minus that). The image radius at d = 1 is what takes the rest down to "
-              f"tau, and with tau = {r['tau']} little is left. The certificate alone, at the "
-              f"hybrid's median p_lower = {ratio_rows[0]['p_lower']:.4f} (sigma = 0.5, beta = "
-              "0.25), shows that "
-              "tau matters and the alphabet little (a 32,000-token vocabulary makes the ratio "
-              "slightly lower, not higher):", ""]
+    lines += ["", "**Measured.** The hybrid's mean radius at d = 1 (a changed token and an image "
+              f"shift) is {_num(hy['mean radius d=1'])}, "
+              + _share_of(f["hybrid r1 / image-only r0"]) + " of image-only's mean radius at "
+              f"d = 0 ({_num(im['mean radius d=0'])}); its mean largest text budget is "
+              f"{_num(hy['mean largest budget'])} tokens, "
+              + _share_of(f["hybrid budget / text-only budget"]) + " of text-only's "
+              f"({_num(tx['mean largest budget'])}). Mean p_lower: hybrid "
+              f"{_num(hy['mean p_lower'])}, image-only {_num(im['mean p_lower'])}, text-only "
+              f"{_num(tx['mean p_lower'])}. One changed token costs p_lower - V_1(0) = "
+              f"{r['d=1 cost at r=0']:.3f} before any image shift (median over the examples; "
+              f"V = {r['vocab_size']}, attacker alphabet `{r['attacker alphabet']}`).", "",
+              "The certificate alone (no model) at the hybrid's median p_lower = "
+              f"{r['radius ratio'][0]['p_lower']:.4f} (sigma = 0.5, beta = 0.25), for other "
+              "thresholds and alphabet sizes:", ""]
     lines += _table(["tau", "alphabet size V", "r*(0)", "r*(1)", "r*(1) / r*(0)"],
                     [[f"{x['tau']:g}", f"{x['V']:,}", f"{x['r0']:.3f}", f"{x['r1']:.3f}",
-                      _pct(x['r1'] / x['r0'])] for x in ratio_rows])
-    lines += ["", "At the paper's tau = 4.6e-5 the ratio comes closer to its claim, though still "
-              "not within a few percent. (This demo cannot run at that tau: its model misreads "
-              "a few percent of noisy inputs, so it would flag every input.) Beta matters too: "
-              "the ratio rises with beta ("
-              + ", ".join(f"{_pct(v)} at beta = {b}" for b, v in beta_ratios.items())
-              + ", from the beta ablation below), at the cost of image radius at d = 0. The "
-              "text budget is below text-only's for the first reason: text-only's p_lower is "
-              f"{tx['mean p_lower']:.3f} with a clean image, and a budget of d tokens needs "
-              "p_lower above the probability those tokens can reveal."]
+                      _share_of(x["ratio"])] for x in r["radius ratio"]])
+    lines += ["", "Mean r*(1) / mean r*(0) in the beta ablation below: "
+              + ", ".join(f"{_share_of(v)} at beta = {b}" for b, v in f["ratio by beta"].items())
+              + "."]
 
     # 2. beta, 3. sigma
     bkeys = ["certified share", "mean largest budget", "mean radius d=0", "mean radius d=1",
@@ -349,25 +344,22 @@ def _write_markdown(out: Path, r: dict) -> None:
     lines += ["", "## Beta ablation (sigma = 0.5; one model trained per beta)", ""]
     lines += _table(["beta", *bkeys], [[str(b)] + [_cell(s[k], k) for k in bkeys]
                                        for b, s in r["beta"].items()])
-    lines += ["", f"**Finding.** More token noise buys text budget and costs image radius. From "
-              f"beta = {betas[0]} to {betas[-1]} the mean largest text budget grows from "
-              f"{first['mean largest budget']:.3f} to {last['mean largest budget']:.3f} tokens, "
-              f"while the mean radius at d = 0 falls from {first['mean radius d=0']:.3f} to "
-              f"{last['mean radius d=0']:.3f} and the flagged share from "
-              f"{_pct(first['certified share'])} to {_pct(last['certified share'])}. "
-              "`beta_ablation.png` draws the three."]
+    lines += ["", f"**Measured.** From beta = {betas[0]} to {betas[-1]}: "
+              + _change("the mean largest text budget", first, last, "mean largest budget")
+              + "; " + _change("the mean radius at d = 0", first, last, "mean radius d=0")
+              + "; " + _change("the flagged share", first, last, "certified share", _pct)
+              + ". `beta_ablation.png` draws the three."]
     sig = list(r["sigma"])
     lo, hi = r["sigma"][sig[0]], r["sigma"][sig[-1]]
     lines += ["", "## Sigma (beta = 0.25; one model trained per sigma)", ""]
     lines += _table(["sigma", *bkeys], [[str(x)] + [_cell(s[k], k) for k in bkeys]
                                         for x, s in r["sigma"].items()])
-    lines += ["", f"**Finding.** Doubling sigma from {sig[0]} to {sig[-1]} raises the mean radius "
-              f"at d = 0 from {lo['mean radius d=0']:.3f} to {hi['mean radius d=0']:.3f} and at "
-              f"d = 1 from {lo['mean radius d=1']:.3f} to {hi['mean radius d=1']:.3f}, while the "
-              f"mean text budget falls from {lo['mean largest budget']:.3f} to "
-              f"{hi['mean largest budget']:.3f} tokens: the noisier model is less confident "
-              f"(mean p_lower {lo['mean p_lower']:.3f} against {hi['mean p_lower']:.3f}), and "
-              "the text budget at radius 0 depends on that bound alone."]
+    lines += ["", f"**Measured.** From sigma = {sig[0]} to {sig[-1]}: "
+              + "; ".join(_change(words, lo, hi, key) for words, key in (
+                  ("the mean radius at d = 0", "mean radius d=0"),
+                  ("the mean radius at d = 1", "mean radius d=1"),
+                  ("the mean text budget", "mean largest budget"),
+                  ("the mean p_lower", "mean p_lower"))) + "."]
 
     # 4. MMCert
     mkeys = ["certified share (no change)", "certified share, 1 token",
@@ -382,27 +374,17 @@ def _write_markdown(out: Path, r: dict) -> None:
     lines += _table(["keep (tokens, pixels)", "rule", *mkeys],
                     [[f"({m['k_text']}, {m['k_image']})", m["decision"]]
                      + [_cell(m[k], k) for k in mkeys] for m in r["mmcert"]])
-    maj = [m for m in r["mmcert"] if m["decision"] == "majority"]
     slack_both = 1 - ablation_delta(10, 5, 1) * ablation_delta(784, 200, 1)
-    thr = [m for m in r["mmcert"] if m["decision"] == "threshold"]
-    if maj and thr:
-        lines += ["", "**Finding.** The paper says MMCert certifies little or nothing on data "
-                  "whose label needs both modalities. That holds under the majority rule: "
-                  + "; ".join(f"keeping ({m['k_text']}, {m['k_image']}) it certifies "
-                              f"{_pct(m['certified share, 1 token'])} against one changed token"
-                              for m in maj)
-                  + ". It does not hold under this low-tau threshold rule, which certifies "
-                  + "; ".join(f"{_pct(m['certified share, 1 token and 1 pixel'])} against one "
-                              f"token and one pixel keeping ({m['k_text']}, {m['k_image']})"
-                              for m in thr)
-                  + f": the slack 1 - delta is {1 - ablation_delta(10, 5, 1):.2f} for one token "
-                  f"of 10 when 5 are kept, {slack_both:.2f} with one pixel of 784 as well (200 "
-                  f"kept), and p_lower - slack stays above tau = {r['tau']}. Those claims count "
-                  "modified pixels, not an L2 shift of the whole image."]
+    lines += ["", "**Measured.** Certified against one changed token and one changed pixel: "
+              + "; ".join(f"{_pct(m['certified share, 1 token and 1 pixel'])} keeping "
+                          f"({m['k_text']}, {m['k_image']}) under the {m['decision']} rule"
+                          for m in r["mmcert"])
+              + f". The slack 1 - delta is {1 - ablation_delta(10, 5, 1):.2f} for one token of "
+              f"10 when 5 are kept, and {slack_both:.2f} with one pixel of 784 as well (200 "
+              "kept)."]
 
     # 5. the attack
     attacks, summary = r["attack"], r["attack summary"]
-    beaten = sum(a["beaten"] for a in attacks)
     lines += ["", "## Joint attack against the hybrid certificate", "",
               f"A greedy token search plus L2 PGD attacked {len({a['example'] for a in attacks})} "
               f"examples at every (d, r) below ({len(attacks)} budgets in all). At each budget "
@@ -421,24 +403,56 @@ def _write_markdown(out: Path, r: dict) -> None:
     worst = max(summary, key=lambda a: a["median gap"])
     best = min(summary, key=lambda a: a["median gap"])
     by_d = {d: [a for a in summary if a["d"] == d] for d in sorted({a["d"] for a in summary})}
-    lines += ["", f"**Finding.** No certified budget is beaten ({beaten} of "
-              f"{sum(a['certified'] for a in attacks)})"
-              + (" - a bug to chase!" if beaten else "")
-              + f". The certificate is tightest at d = {best['d']}, r = {best['r']:.2g} "
-              f"(median gap {best['median gap']:.3f}) and loosest at d = {worst['d']}, r = "
-              f"{worst['r']:.2g} (median gap {worst['median gap']:.3f}). Median gaps by budget "
+    lines += ["", f"**Measured.** Certified budgets beaten: {f['beaten']} of "
+              f"{f['certified attacked budgets']}"
+              + (" - a bug to chase!" if f["beaten"] else "")
+              + f". Smallest median gap at d = {best['d']}, r = {best['r']:.2g} "
+              f"({best['median gap']:.3f}); largest at d = {worst['d']}, r = "
+              f"{worst['r']:.2g} ({worst['median gap']:.3f}). Median gaps by budget "
               "(at r = " + ", ".join(f"{a['r']:.2g}" for a in next(iter(by_d.values()))) + "): "
               + "; ".join(f"d = {d}: " + ", ".join(f"{a['median gap']:.3f}" for a in at)
                           for d, at in by_d.items())
-              + ". With no token changed and a small shift the attack comes close to the bound; "
-              "once a token is changed it leaves the probability far above what the "
-              "certificate guarantees. Either the attack is weak there or the worst case the "
-              "certificate guards against (a model that fails exactly when the changed token "
-              "survives the noise) is not what this model does; an attack cannot tell which. "
-              "The gaps compare estimates from n samples with bounds at level alpha.", "",
+              + ". A gap is an estimate from n samples against a bound at level alpha; an "
+              "attack's gap bounds how tight the certificate is, never how loose.", "",
               "![attack versus certificate](attack_vs_certificate.png)", "",
               "![beta ablation](beta_ablation.png)", ""]
     (out / "paper.md").write_text("\n".join(lines))
+
+
+def findings(r: dict) -> dict:
+    """The numbers the report's sentences state, computed from the results (in ``paper.json``).
+
+    A ratio is ``None`` when its denominator is 0.
+    """
+    hy, im, tx = r["methods"]["hybrid"], r["methods"]["image-only"], r["methods"]["text-only"]
+    return {
+        "hybrid r1 / image-only r0": _ratio(hy["mean radius d=1"], im["mean radius d=0"]),
+        "hybrid budget / text-only budget": _ratio(hy["mean largest budget"],
+                                                   tx["mean largest budget"]),
+        "ratio by beta": {b: _ratio(s["mean radius d=1"], s["mean radius d=0"])
+                          for b, s in r["beta"].items()},
+        "beaten": int(sum(a["beaten"] for a in r["attack"])),
+        "certified attacked budgets": int(sum(a["certified"] for a in r["attack"])),
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _share_of(x: float | None) -> str:
+    return "-" if x is None else _pct(x)
+
+
+def _change(words: str, before: dict, after: dict, key: str, show=_num) -> str:
+    """``"<words> grows from a to b"`` with the direction read off the numbers."""
+    a, b = before[key], after[key]
+    verb = "stays at" if a == b else "grows from" if b > a else "falls from"
+    return f"{words} {verb} {show(a)}" + ("" if a == b else f" to {show(b)}")
 
 
 def _plot(out: Path, r: dict, certs_by_method) -> None:
