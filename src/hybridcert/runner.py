@@ -216,7 +216,11 @@ def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_labe
     cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
                             protocol=protocol, sampling=sampling, n_max=n_max,
                             random_state=example_seed(seed, index))
-    seconds = time.perf_counter() - start
+    return certificate_row(example_id, true_label, cert, time.perf_counter() - start)
+
+
+def certificate_row(example_id: str, true_label: int, cert, seconds: float) -> dict:
+    """The row of a certificate; an example on which every model call raised is a failed row."""
     if cert.model_calls and cert.errors == cert.model_calls:
         return failed_row(example_id, true_label, cert.settings,
                           f"every model call raised; first error: {cert.first_error}",
@@ -303,6 +307,8 @@ def certify_split(
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
         with (out / RESULTS).open("a") as fh:
+            if sampling == "sequential":   # looks of many examples share model batches
+                todo = certify_scheduled(smoothed, split, todo, fh, bar, kwargs)
             for i in todo:
                 for attempt in range(max_retries + 1):
                     try:
@@ -321,6 +327,42 @@ def certify_split(
                 bar.update(1)
         bar.close()
     return out
+
+
+def certify_scheduled(smoothed: SmoothedClassifier, split: Split, todo: list[int], fh, bar,
+                      kwargs: dict) -> list[int]:
+    """Sequential sampling: certify ``todo`` through a :class:`~hybridcert.scheduler.LookScheduler`.
+
+    The looks of a window of examples share model batches; each example
+    keeps its own noise stream (``example_seed``), so its certificate is the
+    one :func:`run_one` gives, and a row is appended as soon as it finishes
+    (resume stays exact). A row's ``seconds`` runs from the example's entry
+    into the window to its last look. Returns the indices whose certification
+    raised, for the caller's one-at-a-time retries.
+    """
+    from .scheduler import LookScheduler
+
+    if kwargs.get("protocol", "shared") != "shared":
+        return list(todo)   # refused with the reason by run_one, one example at a time
+    options = {k: kwargs[k] for k in ("n0", "alpha", "d_max", "n_max", "targets") if k in kwargs}
+    scheduler = LookScheduler(smoothed, **options)
+    started: dict[int, float] = {}
+
+    def inputs():
+        for i in todo:
+            started[i] = time.perf_counter()
+            yield split.x_discrete[i], split.x_continuous[i], example_seed(kwargs["seed"], i)
+
+    failed = []
+    for k, cert in scheduler.certify_many(inputs(), ordered=False, return_exceptions=True):
+        i = todo[k]
+        if isinstance(cert, Exception):
+            failed.append(i)
+            continue
+        write_row(fh, certificate_row(split.ids[i], _label(split.y[i]), cert,
+                                      time.perf_counter() - started[i]))
+        bar.update(1)
+    return failed
 
 
 def open_run(split: Split, out: Path, settings: dict, limit: int | None, progress: bool):
