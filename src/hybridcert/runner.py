@@ -60,7 +60,11 @@ def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_labe
     cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
                             protocol=protocol, sampling=sampling, n_max=n_max,
                             random_state=example_seed(seed, index))
-    seconds = time.perf_counter() - start
+    return certificate_row(example_id, true_label, cert, time.perf_counter() - start)
+
+
+def certificate_row(example_id: str, true_label: int, cert, seconds: float) -> dict:
+    """The row of a certificate; an example on which every model call raised is a failed row."""
     if cert.model_calls and cert.errors == cert.model_calls:
         return failed_row(example_id, true_label, cert.settings,
                           f"every model call raised; first error: {cert.first_error}",
@@ -107,6 +111,8 @@ def certify_split(
         policy.start(len(todo))
         try:
             with (out / RESULTS).open("a") as fh:
+                if sampling == "sequential":   # looks of many examples share model batches
+                    todo = certify_scheduled(smoothed, split, todo, fh, bar, kwargs, policy)
                 for i in todo:
                     label, attempt = label_of(split.y[i]), 0
                     while True:
@@ -128,6 +134,44 @@ def certify_split(
         finally:
             bar.close()
     return out
+
+
+def certify_scheduled(smoothed: SmoothedClassifier, split: Split, todo: list[int], fh, bar,
+                      kwargs: dict, policy: RetryPolicy) -> list[int]:
+    """Sequential sampling: certify ``todo`` through a :class:`~hybridcert.scheduler.LookScheduler`.
+
+    The looks of a window of examples share model batches; each example
+    keeps its own noise stream (``example_seed``), so its certificate is the
+    one :func:`run_one` gives, and a row is appended as soon as it finishes
+    (resume stays exact). A row's ``seconds`` runs from the example's entry
+    into the window to its last look. Returns the indices whose certification
+    raised, for the caller's one-at-a-time retries.
+    """
+    from .scheduler import LookScheduler
+
+    if kwargs.get("protocol", "shared") != "shared":
+        return list(todo)   # refused with the reason by run_one, one example at a time
+    options = {k: kwargs[k] for k in ("n0", "alpha", "d_max", "n_max", "targets") if k in kwargs}
+    scheduler = LookScheduler(smoothed, **options)
+    started: dict[int, float] = {}
+
+    def inputs():
+        for i in todo:
+            started[i] = time.perf_counter()
+            yield split.x_discrete[i], split.x_continuous[i], example_seed(kwargs["seed"], i)
+
+    failed = []
+    for k, cert in scheduler.certify_many(inputs(), ordered=False, return_exceptions=True):
+        i = todo[k]
+        if isinstance(cert, Exception):
+            failed.append(i)
+            continue
+        row = certificate_row(split.ids[i], label_of(split.y[i]), cert,
+                              time.perf_counter() - started[i])
+        write_row(fh, row)
+        bar.update(1)
+        policy.finished(row)
+    return failed
 
 
 def open_run(split: Split, out: Path, settings: dict, limit: int | None, progress: bool):

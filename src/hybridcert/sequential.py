@@ -54,9 +54,10 @@ tolerance, or could not certify any budget (early abstention).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -71,6 +72,8 @@ __all__ = [
     "CERTIFIED",
     "DROPPED",
     "OPEN",
+    "LookRule",
+    "LookTrack",
     "SequentialOutcome",
     "UnionClopperPearson",
     "certification_thresholds",
@@ -161,16 +164,20 @@ class UnionClopperPearson:
         """``alpha_j`` of each look: ``alpha / J``; they sum to ``alpha`` (the union bound)."""
         return np.full(len(self.looks), self.alpha / len(self.looks))
 
-    def lower(self, successes, look: int):
-        """Clopper-Pearson lower bound of look ``look`` (an index) at level ``alpha_look``.
+    def lower(self, successes, look):
+        """Clopper-Pearson lower bound of look ``look`` (an index, or an array of indices,
+        one per count: one vectorised call for inputs at different looks) at level
+        ``alpha / J``. The caller keeps the running maximum over looks (:meth:`lower_path`)."""
+        return clopper_pearson_lower(successes, self._n_at(look), self.alpha / len(self.looks))
 
-        The caller keeps the running maximum over looks (:meth:`lower_path`)."""
-        return clopper_pearson_lower(successes, self.looks[look], self.alpha / len(self.looks))
-
-    def upper(self, successes, look: int):
-        """Clopper-Pearson upper bound of look ``look`` at level ``alpha_drop / J``."""
-        return clopper_pearson_upper(successes, self.looks[look],
+    def upper(self, successes, look):
+        """Clopper-Pearson upper bound of look ``look`` (index or indices) at level
+        ``alpha_drop / J``."""
+        return clopper_pearson_upper(successes, self._n_at(look),
                                      self.alpha_drop / len(self.looks))
+
+    def _n_at(self, look):
+        return self.looks[look] if np.ndim(look) == 0 else np.asarray(self.looks)[look]
 
     def lower_path(self, successes) -> np.ndarray:
         """Running lower bound after each look from the counts ``successes[..., j]`` at the looks."""
@@ -371,6 +378,102 @@ def run_targets(draw: Callable[[int, int], np.ndarray], cs: UnionClopperPearson,
             break
     return SequentialOutcome(samples=samples, successes=successes, lower=lower, upper=upper,
                              status=status)
+
+
+# --------------------------------------------------------------------------- one input's looks
+
+
+@dataclass
+class LookTrack:
+    """One input's progress through the looks of a :class:`LookRule` (mutable state).
+
+    ``k`` successes in the ``used`` samples drawn so far; ``look`` is the index
+    of the next look; ``lower``/``upper`` the running bounds; ``status`` one
+    entry per target (``None`` in frontier mode).
+    """
+
+    status: np.ndarray | None
+    k: int = 0
+    used: int = 0
+    look: int = 0
+    lower: float = 0.0
+    upper: float = 1.0
+    look_counts: list = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class LookRule:
+    """The stopping rule of a run: everything that depends on its settings only, built once.
+
+    One rule serves every input with the same attack specification and
+    settings; :meth:`update` is the one per-look step, vectorised over the
+    inputs that reached a look together (one Clopper-Pearson call for all of
+    them), used by a single certification and by the scheduler alike.
+
+    Parameters
+    ----------
+    cs : UnionClopperPearson
+    p_star : ndarray or None
+        Target mode: ``p*(d, r)`` of each target; ``None``: frontier mode.
+    frontier : dict or None
+        Frontier mode: ``sigma``, ``tau``, ``atoms``, ``rtol`` of
+        :func:`frontier_converged`.
+    info : dict
+        What every certificate of the rule records under ``settings["sequential"]``
+        before its own ``look_counts`` and ``status``.
+    """
+
+    cs: UnionClopperPearson
+    p_star: np.ndarray | None
+    frontier: dict | None
+    info: dict
+    p_reach: np.ndarray | None = field(init=False)
+
+    def __post_init__(self):
+        reach = None if self.p_star is None else reachable_thresholds(self.p_star, self.cs)
+        object.__setattr__(self, "p_reach", reach)
+
+    def start(self) -> LookTrack:
+        return LookTrack(None if self.p_star is None else np.full(self.p_star.shape, OPEN))
+
+    def next_look(self, track: LookTrack) -> int:
+        """The sample count of ``track``'s next look."""
+        return self.cs.looks[track.look]
+
+    def update(self, tracks: Sequence[LookTrack], successes: Sequence[int]) -> None:
+        """Add each track's new successes (samples up to its next look) and decide, all at once."""
+        if not tracks:
+            return
+        k = np.array([t.k + int(s) for t, s in zip(tracks, successes, strict=True)],
+                     dtype=np.int64)
+        look = np.array([t.look for t in tracks], dtype=np.int64)
+        lower = np.maximum([t.lower for t in tracks], np.atleast_1d(self.cs.lower(k, look)))
+        upper = np.minimum([t.upper for t in tracks], np.atleast_1d(self.cs.upper(k, look)))
+        if self.p_star is None:
+            f = self.frontier
+            done = frontier_converged(lower, upper, self.cs, sigma=f["sigma"], tau=f["tau"],
+                                      atoms=f["atoms"], rtol=f["rtol"])
+            status = [None] * len(tracks)
+        else:
+            status = target_status(lower[:, None], upper[:, None], self.p_star, self.p_reach,
+                                   np.stack([t.status for t in tracks]))
+            done = ~(status == OPEN).any(axis=1)
+        last = len(self.cs.looks) - 1
+        for i, t in enumerate(tracks):
+            t.k, t.used = int(k[i]), self.cs.looks[t.look]
+            t.look_counts.append(t.k)
+            t.lower, t.upper = float(lower[i]), float(upper[i])
+            t.status = status[i]
+            t.done = bool(done[i]) or t.look == last
+            t.look += 1
+
+    def record(self, track: LookTrack, status_names: dict) -> dict:
+        """``settings["sequential"]`` of a certificate that stopped at ``track``."""
+        out = {**copy.deepcopy(self.info), "look_counts": list(track.look_counts)}
+        if track.status is not None:
+            out["status"] = [status_names[int(v)] for v in track.status]
+        return out
 
 
 # --------------------------------------------------------------------------- frontier mode

@@ -54,9 +54,11 @@ certified one (:meth:`~hybridcert.noise.ThreatRegion.discrete_distance`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy.stats import binomtest
@@ -341,6 +343,17 @@ class SmoothedClassifier:
         rtol : float > 0
             Relative tolerance of frontier mode.
         """
+        job = self._job(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
+                        protocol=protocol, sampling=sampling, n_max=n_max, targets=targets,
+                        rtol=rtol, random_state=random_state)
+        while (request := job.request()) is not None:
+            job.receive(self._counts(job.inputs, job.stream, *request))
+            _Job.advance([job])
+        return job.certificate()
+
+    def _job(self, x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, sampling, n_max,
+             targets, rtol, random_state) -> _Job:
+        """Check :meth:`certify`'s arguments and set up one input's certification (no model call)."""
         n0 = check_int("n0", n0, minimum=1)
         n = check_int("n", n, minimum=1)
         alpha = float(check_open_unit("alpha", alpha))
@@ -367,103 +380,21 @@ class SmoothedClassifier:
         if d_max > attackable:
             raise ValueError(f"d_max ({d_max}) exceeds the attackable positions ({attackable}) "
                              f"of the threat region")
-        target_list = None
-        if sampling == "sequential" and not (isinstance(targets, str) and targets == "frontier"):
-            target_list = _parse_targets(targets, d_max, self.sigma)
-        stream = self._stream(inputs, random_state)
-
-        calls = abstained = errors = 0
-        first_error = None
-
-        def tally(phase, start, stop):
-            nonlocal calls, abstained, errors, first_error
-            seen = self._counts(inputs, stream, phase, start, stop)
-            calls += stop - start
-            abstained += seen.abstentions
-            errors += seen.errors
-            first_error = first_error or seen.first_error
-            return seen.counts
-
-        if self.decision == "threshold":
-            label, used_n0 = self.target_label, 0
-        else:
-            label, used_n0 = int(np.argmax(tally(_SELECT, 0, n0))), n0
-            label = label if calls - abstained > 0 else ABSTAIN
-
         spec = self._attack_spec(inputs)
-        settings = self.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
-                                     sampling=sampling)
-        settings.update(counted_label=label, stream=NoiseStream.describe(stream.block_max))
-        common = {"label": label, "radii": (), "largest_budget": -1, "n0": used_n0}
+        rule = None
         if sampling == "sequential":
-            k, used, lower, info = self._sequential(
-                label, lambda a, b: int(tally(_ESTIMATE, a, b)[label]), spec, alpha, d_max,
-                n_max, target_list, rtol)
-            # described after sampling: a guard records the forward batch it settled on
-            settings.update(level=info["level_per_look"], attack=[spec], sequential=info,
-                            base_classifier=_describe(self.base_classifier))
-            cert = Certificate(**common, p_lower=lower, count=(k,), n=(used,),
-                               abstentions=abstained, errors=errors, model_calls=calls,
-                               settings=settings, first_error=first_error)
-            return with_radii(cert, [lower])
-
+            target_list = None
+            if not (isinstance(targets, str) and targets == "frontier"):
+                target_list = tuple(_parse_targets(targets, d_max, self.sigma))
+            rule = _look_rule(json.dumps(spec, sort_keys=True), self.sigma, self.tau, alpha,
+                              d_max, n_max, target_list, rtol)
         # Both protocols estimate the same smoothed classifier; per_budget does it d_max + 1 times.
         estimates, level = (1, alpha) if protocol == "shared" else \
             (d_max + 1, split_alpha(alpha, d_max + 1))
-        seen = [tally(_ESTIMATE + e, 0, n) for e in range(estimates)]
-        counts = [int(c[label]) if label != ABSTAIN else 0 for c in seen]
-        runner_up = ()
-        if self.runner_up_rule:
-            runner_up = tuple(int(np.delete(c, label).max()) if label != ABSTAIN else n
-                              for c in seen)
-        settings.update(level=level, attack=[spec] * estimates,
-                        base_classifier=_describe(self.base_classifier))
-        cert = Certificate(**common, p_lower=0.0, count=tuple(counts), n=(n,) * estimates,
-                           abstentions=abstained, errors=errors, model_calls=calls,
-                           settings=settings, first_error=first_error, runner_up=runner_up)
-        return certificate_from_counts(cert)
-
-    def _sequential(self, label, successes, spec, alpha, d_max, n_max, target_list, rtol):
-        """Draw look by look until the targets (or the frontier) are settled.
-
-        ``successes(start, stop)`` draws samples ``start..stop-1`` of the estimate
-        and returns the count of ``label``. Returns the final count, the samples
-        used, the anytime-valid lower bound and what the certificate records.
-        """
-        cs = seq.UnionClopperPearson(seq.look_schedule(n_max), alpha=alpha)
-        info = {**cs.describe(), "n_max": n_max,
-                "mode": "frontier" if target_list is None else "targets"}
-        if target_list is None:
-            info["rtol"] = rtol
-            atoms = [attack_atoms(spec, d) for d in range(d_max + 1)]
-            p_star = p_reach = None
-        else:
-            p_star = target_thresholds(spec, self.sigma, self.tau, target_list)
-            p_reach = seq.reachable_thresholds(p_star, cs)
-            info["targets"] = [[d, r] for d, r in target_list]
-            info["p_star"] = [float(p) for p in p_star]
-        status = None if p_star is None else np.full(p_star.shape, seq.OPEN)
-        k = used = 0
-        lower, upper = 0.0, 1.0
-        look_counts = []
-        for j, look in enumerate(cs.looks if label != ABSTAIN else ()):
-            k += successes(used, look)
-            used = look
-            look_counts.append(k)
-            lower = max(lower, float(cs.lower(k, j)))
-            upper = min(upper, float(cs.upper(k, j)))
-            if status is None:
-                done = bool(seq.frontier_converged(lower, upper, cs, sigma=self.sigma,
-                                                   tau=self.tau, atoms=atoms, rtol=rtol)[0])
-            else:
-                status = seq.target_status(lower, upper, p_star, p_reach, status)
-                done = not (status == seq.OPEN).any()
-            if done:
-                break
-        info["look_counts"] = look_counts
-        if status is not None:
-            info["status"] = [STATUS_NAMES[int(v)] for v in status]
-        return k, used, lower, info
+        settings = self.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
+                                     sampling=sampling)
+        return _Job(self, inputs, self._stream(inputs, random_state), settings=settings,
+                    spec=spec, rule=rule, n0=n0, n=n, estimates=estimates, level=level)
 
     def settings_for(self, *, alpha: float | None = None, protocol: str | None = None,
                      d_max: int | None = None, sampling: str = "fixed") -> dict:
@@ -550,6 +481,128 @@ class SmoothedClassifier:
 
         return count_labels(self.base_classifier, draw, stop - start,
                             batch_size=self.batch_size, num_classes=self.num_classes)
+
+
+class _Job:
+    """One input's certification as a sequence of sample requests, then its certificate.
+
+    :meth:`SmoothedClassifier.certify` serves the requests one at a time; the
+    scheduler (:mod:`hybridcert.scheduler`) serves the requests of many inputs
+    in shared model batches. Both feed :meth:`receive` the same counts
+    (counter-based streams, a model that labels each sample on its own) and
+    run the same look update (:meth:`advance`), so the certificates are the same.
+    A request is ``(phase, start, stop)``: samples ``start..stop-1`` of a phase.
+    """
+
+    def __init__(self, smoothed: SmoothedClassifier, inputs: _Inputs, stream: NoiseStream, *,
+                 settings: dict, spec: dict, rule: seq.LookRule | None, n0: int, n: int,
+                 estimates: int, level: float):
+        self.smoothed, self.inputs, self.stream = smoothed, inputs, stream
+        self.settings, self.spec, self.rule = settings, spec, rule
+        self.n0, self.n, self.estimates, self.level = n0, n, estimates, level
+        # the threshold rule certifies a fixed label; the majority rule selects it with n0 samples
+        self.label = smoothed.target_label if smoothed.decision == "threshold" else None
+        self.track = None if rule is None else rule.start()
+        self.seen: list[np.ndarray] = []        # fixed sampling: label counts of each estimate
+        self.pending: int | None = None         # sequential: successes awaiting the look update
+        self.stopped: str | None = None         # why the caller stopped the job early
+        self.calls = self.abstained = self.errors = 0
+        self.first_error: str | None = None
+
+    def request(self) -> tuple[int, int, int] | None:
+        """The samples to classify next, or None when the certificate is ready."""
+        if self.stopped is not None:
+            return None
+        if self.label is None:
+            return _SELECT, 0, self.n0
+        if self.rule is None:
+            e = len(self.seen)
+            return (_ESTIMATE + e, 0, self.n) if e < self.estimates else None
+        if self.label == ABSTAIN or self.track.done:
+            return None
+        return _ESTIMATE, self.track.used, self.rule.next_look(self.track)
+
+    def receive(self, seen: LabelCounts) -> None:
+        """The label counts of the samples of :meth:`request`."""
+        _, start, stop = self.request()
+        self.calls += stop - start
+        self.abstained += seen.abstentions
+        self.errors += seen.errors
+        self.first_error = self.first_error or seen.first_error
+        if self.label is None:
+            label = int(np.argmax(seen.counts))
+            self.label = label if self.calls - self.abstained > 0 else ABSTAIN
+        elif self.rule is None:
+            self.seen.append(seen.counts)
+        else:
+            self.pending = int(seen.counts[self.label])
+
+    @staticmethod
+    def advance(jobs: Sequence[_Job]) -> None:
+        """The look update of every job whose look just arrived: one vectorised call per rule."""
+        groups: dict[int, list[_Job]] = {}
+        for job in jobs:
+            if job.pending is not None:
+                groups.setdefault(id(job.rule), []).append(job)
+        for group in groups.values():
+            group[0].rule.update([j.track for j in group], [j.pending for j in group])
+            for job in group:
+                job.pending = None
+
+    def stop(self, reason: str) -> None:
+        """Stop before the next request (a call budget or deadline): open targets stay undecided."""
+        self.stopped = reason
+
+    def certificate(self) -> Certificate:
+        smoothed = self.smoothed
+        selected = self.label is not None
+        label = self.label if selected else ABSTAIN  # stopped before the label was selected
+        settings = self.settings
+        settings.update(counted_label=label, stream=NoiseStream.describe(self.stream.block_max))
+        n0 = self.n0 if smoothed.decision != "threshold" and selected else 0
+        common = {"label": label, "radii": (), "largest_budget": -1, "n0": n0,
+                  "abstentions": self.abstained, "errors": self.errors,
+                  "model_calls": self.calls, "first_error": self.first_error}
+        if self.rule is not None:
+            track = self.track
+            info = self.rule.record(track, STATUS_NAMES)
+            if self.stopped is not None:
+                info["stopped"] = self.stopped
+            # described after sampling: a guard records the forward batch it settled on
+            settings.update(level=info["level_per_look"], attack=[self.spec], sequential=info,
+                            base_classifier=_describe(smoothed.base_classifier))
+            cert = Certificate(**common, p_lower=track.lower, count=(track.k,), n=(track.used,),
+                               settings=settings)
+            return with_radii(cert, [track.lower])
+        counts = [int(c[label]) if label != ABSTAIN else 0 for c in self.seen]
+        runner_up = ()
+        if smoothed.runner_up_rule:
+            runner_up = tuple(int(np.delete(c, label).max()) if label != ABSTAIN else self.n
+                              for c in self.seen)
+        settings.update(level=self.level, attack=[self.spec] * self.estimates,
+                        base_classifier=_describe(smoothed.base_classifier))
+        cert = Certificate(**common, p_lower=0.0, count=tuple(counts),
+                           n=(self.n,) * self.estimates, settings=settings, runner_up=runner_up)
+        return certificate_from_counts(cert)
+
+
+@lru_cache(maxsize=64)
+def _look_rule(spec_json: str, sigma, tau, alpha, d_max, n_max, targets, rtol) -> seq.LookRule:
+    """The stopping rule of a run's settings, built once per run (thresholds p*, reachable
+    thresholds, atoms), not once per input; ``targets`` None is frontier mode."""
+    spec = json.loads(spec_json)
+    cs = seq.UnionClopperPearson(seq.look_schedule(n_max), alpha=alpha)
+    info = {**cs.describe(), "n_max": n_max, "mode": "frontier" if targets is None else "targets"}
+    if targets is None:
+        info["rtol"] = rtol
+        atoms = [attack_atoms(spec, d) for d in range(d_max + 1)]
+        return seq.LookRule(cs, None, {"sigma": sigma, "tau": tau, "atoms": atoms, "rtol": rtol},
+                            info)
+    p_star = target_thresholds(spec, sigma, tau, list(targets))
+    p_star.setflags(write=False)
+    info["targets"] = [[d, r] for d, r in targets]
+    info["p_star"] = [float(p) for p in p_star]
+    return seq.LookRule(cs, p_star, None, info)
 
 
 def _check_continuous(x):
