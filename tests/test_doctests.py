@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["hybridcert.certificate.gaussian", "hybridcert.certificate.hybrid",
            "hybridcert.certificate.frontier", "hybridcert.smoothing", "hybridcert.decision",
-           "hybridcert.run", "hybridcert.runner", "hybridcert.calculator"]
+           "hybridcert.run", "hybridcert.runner", "hybridcert.calculator",
+           "hybridcert.denoisers"]
 
 
 @pytest.mark.parametrize("name", MODULES)
