@@ -190,6 +190,8 @@ def test_load_denoiser_reads_a_saved_model_and_a_saved_pipeline(tmp_path):
         assert den.describe()["name"] == str(tmp_path / folder)
         assert den.describe()["config_sha1"] == DiffusionDenoiser(
             unet, scheduler, sigma=0.5).describe()["config_sha1"]
+    wide = load_denoiser(f"diffusers:{tmp_path / 'flat'}", dtype="float64")
+    assert wide.dtype == next(wide.model.parameters()).dtype == torch.float64
     with pytest.raises(ValueError, match="diffusers:PATH_OR_NAME"):
         load_denoiser("guided:/x")
     with pytest.raises(ValueError, match="no UNet2DModel"):

@@ -59,6 +59,7 @@ import hashlib
 import json
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -296,6 +297,7 @@ class DiffusionDenoiser:
         import torch
 
         config = getattr(self.model, "config", None)
+        config = config if isinstance(config, Mapping) else None
         params = sum(p.numel() for p in self.model.parameters()) \
             if isinstance(self.model, torch.nn.Module) else None
         return {
@@ -384,21 +386,20 @@ def load_denoiser(spec: str, *, sigma: float | None = None, device=None, dtype=N
     from diffusers import DDPMScheduler, UNet2DModel
 
     name = spec.split(":", 1)[1]
-    unet = _from_pretrained(UNet2DModel, name, "unet")
+    precision = {} if dtype is None else {"torch_dtype": _check_dtype(dtype)}
+    unet = _from_pretrained(UNet2DModel, name, "unet", **precision).to(device).eval()
     scheduler = _from_pretrained(DDPMScheduler, name, "scheduler")
-    torch_dtype = _check_dtype(dtype) if dtype is not None else None
-    unet = unet.to(device=device, dtype=torch_dtype).eval()
     return DiffusionDenoiser(unet, scheduler, sigma=sigma, layout=layout, resolution=resolution,
                              batch_size=batch_size, device=device, name=name)
 
 
-def _from_pretrained(cls, name: str, subfolder: str):
+def _from_pretrained(cls, name: str, subfolder: str, **kwargs):
     """``cls.from_pretrained`` at the root of ``name``, else in its ``subfolder`` (a pipeline)."""
     try:
-        return cls.from_pretrained(name)
+        return cls.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as root_err:
         try:
-            return cls.from_pretrained(name, subfolder=subfolder)
+            return cls.from_pretrained(name, subfolder=subfolder, **kwargs)
         except (OSError, ValueError) as err:
             raise ValueError(f"denoiser: no {cls.__name__} in {name!r} (at its root: "
                              f"{str(root_err).splitlines()[0]}; in {subfolder}/: "
