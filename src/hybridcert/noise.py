@@ -463,7 +463,10 @@ class GaussianNoise:
         denoiser) is post-processing of the noisy sample: it is part of the
         base classifier, so the certificate stays valid.
     denoiser : callable, optional
-        Applied to each noisy batch after the noise (and the clamp).
+        Applied to each noisy batch after the noise (and the clamp). One with a
+        ``for_sigma`` method (:class:`~hybridcert.denoisers.DiffusionDenoiser`)
+        is replaced by ``denoiser.for_sigma(sigma)``, tuned to this noise; one
+        with a ``describe`` method is recorded by it.
     """
 
     sigma: float
@@ -485,6 +488,9 @@ class GaussianNoise:
             object.__setattr__(self, "clamp", (low, high))
         if self.denoiser is not None and not callable(self.denoiser):
             raise ValueError("denoiser must be callable (a batch in, a batch out) or None")
+        bind = getattr(self.denoiser, "for_sigma", None)
+        if callable(bind):
+            object.__setattr__(self, "denoiser", bind(self.sigma))
 
     def sample(self, x, n: int, rng: np.random.Generator):
         """``n`` noisy copies of ``x`` (numpy array or torch tensor, same type and device)."""
@@ -516,7 +522,18 @@ class GaussianNoise:
 
     def describe(self) -> dict:
         return {"sigma": self.sigma, "clamp": list(self.clamp) if self.clamp else None,
-                "denoiser": None if self.denoiser is None else repr(self.denoiser)}
+                "denoiser": _describe_denoiser(self.denoiser)}
+
+
+def _describe_denoiser(denoiser):
+    """Its ``describe()``, else its qualified name (a repr would hold a memory address)."""
+    if denoiser is None:
+        return None
+    describe = getattr(denoiser, "describe", None)
+    if callable(describe):
+        return describe()
+    return f"{getattr(denoiser, '__module__', '?')}." \
+           f"{getattr(denoiser, '__qualname__', type(denoiser).__qualname__)}"
 
 
 def _is_torch(x) -> bool:
