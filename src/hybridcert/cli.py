@@ -64,7 +64,18 @@ def _add_certify(commands, common) -> None:
       help="; ".join(f"{k}: {s.help}" for k, s in DATA_SOURCES.items()))
     a("--data-path", default=None, help="folder of an on-disk data set (or "
       "$HYBRIDCERT_HATEFUL_MEMES / $HYBRIDCERT_MMSAFETYBENCH), or the Adult file")
-    a("--split", default="dev_seen", help="Hateful Memes split (dev_seen)")
+    a("--split", default=None, help="Hateful Memes' split (dev_seen), or the split of an "
+      "hf-disk DatasetDict (required there)")
+    a("--text-column", default=None, help="hf-disk: column of the user's text (text); "
+      "mm-safetybench: question field such as 'Question' or 'Rephrased Question'")
+    a("--image-column", default=None, help="hf-disk: column of the image, an Image() feature "
+      "or a path (image); 'none' for a text-only set")
+    a("--label-column", default=None, help="hf-disk: column of the label, 0/1, boolean or "
+      "safe/unsafe names (label)")
+    a("--filter-column", default=None, help="hf-disk: boolean column; only its true rows are "
+      "certified (UnsafeBench: mm_unsafe)")
+    a("--constant-label", type=int, choices=(0, 1), default=None,
+      help="hf-disk: the label of every row (1 = unsafe), instead of a label column")
     a("--model", default="demo", metavar="{" + ",".join(
         p + ("PATH" if p.endswith(":") else "") for p in MODELS) + "}",
       help="; ".join(f"{k}{'PATH' if k.endswith(':') else ''}: {e.help}"

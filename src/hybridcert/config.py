@@ -54,13 +54,38 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """What is certified: a registered data set, its folder and split, how many examples."""
+    """What is certified: a registered data set, its folder and split, how many examples.
+
+    ``split`` and the column options are read by the on-disk sources that
+    name them (:attr:`~hybridcert.registries.DataSource.options`); None
+    leaves each its own default: Hateful Memes' split ``dev_seen``, hf-disk's
+    columns ``text``, ``image`` and ``label`` (a ``DatasetDict`` has no
+    default split), MM-SafetyBench's question field by image type.
+    ``image_column="none"`` reads a text-only hf-disk set.
+    """
 
     dataset: str = "mm-interaction"
     data_path: str | None = None
-    split: str = "dev_seen"
+    split: str | None = field(default=None, metadata={
+        "flag": "--split", "help": "split: Hateful Memes' <split>.jsonl (dev_seen), or the split "
+        "of a DatasetDict (hf-disk, required there)"})
     image_size: int | None = None
     limit: int | None = None
+    text_column: str | None = field(default=None, metadata={
+        "flag": "--text-column", "help": "hf-disk: column of the user's text (text); "
+        "mm-safetybench: question field such as 'Question' or 'Rephrased Question'"})
+    image_column: str | None = field(default=None, metadata={
+        "flag": "--image-column", "help": "hf-disk: column of the image, an Image() feature or a "
+        "path (image); 'none' for a text-only set"})
+    label_column: str | None = field(default=None, metadata={
+        "flag": "--label-column", "help": "hf-disk: column of the label, 0/1, boolean or "
+        "safe/unsafe names (label)"})
+    filter_column: str | None = field(default=None, metadata={
+        "flag": "--filter-column", "help": "hf-disk: boolean column; only its true rows are "
+        "certified (UnsafeBench: mm_unsafe)"})
+    constant_label: int | None = field(default=None, metadata={
+        "flag": "--constant-label", "choices": (0, 1), "help": "hf-disk: the label of every row "
+        "(1 = unsafe), instead of a label column"})
 
 
 @dataclass(frozen=True)
@@ -183,6 +208,16 @@ class RunConfig:
                             self.executor)
         _positive_int("--limit", d.limit, optional=True)
         _positive_int("--image-size", d.image_size, optional=True)
+        for name in ("split", "text_column", "image_column", "label_column", "filter_column"):
+            value = getattr(d, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError("--" + name.replace("_", "-"), "a non-empty name", value)
+        if d.constant_label is not None:
+            if isinstance(d.constant_label, bool) or d.constant_label not in (0, 1):
+                raise ConfigError("--constant-label", "0 or 1 (1 = unsafe)", d.constant_label)
+            if d.label_column is not None:
+                raise ConfigError("--constant-label", "either a label column or a constant "
+                                  "label, not both", d.constant_label)
         if m.batch_size != "auto":
             _positive_int("--batch-size", m.batch_size)
         elif not m.model.startswith("hf:"):

@@ -56,6 +56,11 @@ class DataSource:
     layout: str = ""
     default_decision: str = "majority"
     help: str = ""
+    options: tuple[str, ...] = ()  # the DataConfig options it reads (split, columns, ...)
+
+
+DATA_OPTIONS = ("split", "text_column", "image_column", "label_column", "filter_column",
+                "constant_label")  # read only by the sources that list them in `options`
 
 
 @dataclass(frozen=True)
@@ -120,13 +125,37 @@ def _on_disk(name):
     def load(config: RunConfig) -> Task:
         from .datasets.safety import load_hateful_memes, load_mm_safetybench
 
-        if name == "hateful-memes":
-            raw = load_hateful_memes(config.data.data_path, config.data.split)
+        d = config.data
+        if name == "hateful-memes":  # the loaders' own defaults where an option is None
+            raw = load_hateful_memes(d.data_path, **({"split": d.split} if d.split else {}))
         else:
-            raw = load_mm_safetybench(config.data.data_path)
-        return Task(split=None, num_classes=2, raw=raw)
+            raw = load_mm_safetybench(d.data_path, text_field=d.text_column)
+        return Task(split=None, num_classes=2, raw=raw, settings={"data": _identity(config)})
 
     return load
+
+
+def _load_hf_disk(config: RunConfig) -> Task:
+    from .datasets.hf_disk import load_hf_disk
+
+    d = config.data
+    image = d.image_column or "image"
+    read = {"split": d.split, "text": d.text_column or "text",
+            "image": None if image == "none" else image,
+            "label": None if d.constant_label is not None else d.label_column or "label",
+            "filter": d.filter_column, "constant_label": d.constant_label}
+    raw = load_hf_disk(d.data_path, **read, limit=d.limit)
+    return Task(split=None, num_classes=2, raw=raw,
+                settings={"data": {"path": str(Path(d.data_path).expanduser().resolve()), **read}})
+
+
+def _identity(config: RunConfig) -> dict:
+    """The data identity a run records: the folder and the options its source reads (None:
+    the loader's default)."""
+    source = DATA_SOURCES[config.data.dataset]
+    path = config.data.data_path or (os.environ.get(source.env) if source.env else None)
+    return {"path": str(Path(path).expanduser().resolve()),
+            **{name: getattr(config.data, name) for name in source.options}}
 
 
 def _register_defaults() -> None:
@@ -144,11 +173,18 @@ def _register_defaults() -> None:
     register_dataset("hateful-memes", _on_disk("hateful-memes"), bundled=False, needs_path=True,
                      env="HYBRIDCERT_HATEFUL_MEMES",
                      layout="<split>.jsonl files and the img/ folder they refer to",
-                     default_decision="threshold", help="on disk, with --model hf:...")
+                     default_decision="threshold", options=("split",),
+                     help="on disk, with --model hf:...")
     register_dataset("mm-safetybench", _on_disk("mm-safetybench"), bundled=False,
                      needs_path=True, env="HYBRIDCERT_MMSAFETYBENCH",
                      layout="data/processed_questions/<scenario>.json and data/imgs/",
-                     default_decision="threshold", help="on disk, with --model hf:...")
+                     default_decision="threshold", options=("text_column",),
+                     help="on disk, with --model hf:...")
+    register_dataset("hf-disk", _load_hf_disk, bundled=False, needs_path=True,
+                     layout="a Dataset or DatasetDict saved with save_to_disk",
+                     default_decision="threshold", options=DATA_OPTIONS,
+                     help="a Hugging Face data set saved with save_to_disk (hybridcert[datasets]), "
+                          "with --model hf:...")
     register_model("demo", _build_demo, check=_check_demo,
                    help="the bundled model, trained under noise and cached")
     register_model("sklearn:", _build_sklearn, check=_check_sklearn,
@@ -165,6 +201,11 @@ def check_config(config: RunConfig) -> RunConfig:
     if source is None:
         raise ConfigError("--dataset", f"one of {', '.join(DATA_SOURCES)}", d.dataset)
     entry = model_entry(config.model.model)
+    for name in DATA_OPTIONS:
+        if getattr(d, name) is not None and name not in source.options:
+            takers = [s.name for s in DATA_SOURCES.values() if name in s.options]
+            raise ConfigError("--" + name.replace("_", "-"), f"no value with --dataset "
+                              f"{source.name} (read by {', '.join(takers)})", getattr(d, name))
     if source.needs_path and not source.bundled:
         _check_folder(d.data_path, source)
     if source.tabular and z.threat != "l0":
@@ -250,6 +291,9 @@ def _prepare_hf(config: RunConfig, task: Task) -> Task:
     from .models.hf import DEFAULT_POLICY, HFSafetyGuard
 
     m = config.model
+    if task.raw is not None and any(e.image_source is None for e in task.raw):
+        raise ConfigError("--image-column", "an image for every example: an hf: image-text "
+                          "guard reads one", config.data.image_column)
     try:
         guard = HFSafetyGuard.from_pretrained(
             m.model.split(":", 1)[1], policy=m.policy or DEFAULT_POLICY, rule=m.hf_rule,
@@ -264,7 +308,7 @@ def _prepare_hf(config: RunConfig, task: Task) -> Task:
     if task.raw is not None:
         from .datasets.safety import load_image
 
-        raw = [(e.id, e.text, load_image(e.image_path, size), e.label) for e in task.raw]
+        raw = [(e.id, e.text, load_image(e.image_source, size), e.label) for e in task.raw]
     else:  # a bundled text x image set, rendered for the guard
         from PIL import Image
 
@@ -280,7 +324,7 @@ def _prepare_hf(config: RunConfig, task: Task) -> Task:
     split = Split(ids=[r[0] for r in raw], x_discrete=[guard.encode_text(r[1]) for r in raw],
                   x_continuous=[r[2] for r in raw], y=np.array([r[3] for r in raw]))
     return Task(split=split, num_classes=2, dataset=None, model=guard,
-                settings={"guard": guard.describe(), "image_size": size,
+                settings={**task.settings, "guard": guard.describe(), "image_size": size,
                           "alphabet": guard.alphabet})
 
 

@@ -141,6 +141,8 @@ class Plan:
         c, z, e = self.config, self.config.noise, self.config.estimation
         hf = self.task.settings.get("guard") is not None
         s = {"dataset": c.data.dataset, "model": c.model.model}
+        if "data" in self.task.settings:  # an on-disk source's folder and options
+            s["data"] = self.task.settings["data"]
         if hf:
             s["guard"] = self.task.settings["guard"]
             s["dtype"] = s["guard"]["dtype"]

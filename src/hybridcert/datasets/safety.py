@@ -7,7 +7,10 @@
   ``ROOT/data/processed_questions/<scenario>.json``, a dict from question id
   to fields such as ``"Rephrased Question"``, ``"Rephrased Question(SD)"`` and
   ``"Key Phrase"``; images at ``ROOT/data/imgs/<scenario>/<SD|SD_TYPO|TYPO>/<id>.jpg``.
-  Every example is unsafe (label 1).
+  Every example is unsafe (label 1). ``text_field`` chooses the question
+  field (default: ``"Rephrased Question(SD)"`` for SD images, else
+  ``"Rephrased Question"``, and ``"Question"`` where that is empty).
+- Hugging Face data sets saved with ``save_to_disk``: see :mod:`hybridcert.datasets.hf_disk`.
 
 Paths come from an argument or an environment variable
 (``HYBRIDCERT_HATEFUL_MEMES``, ``HYBRIDCERT_MMSAFETYBENCH``); a missing path
@@ -18,10 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 MM_SAFETYBENCH_TEXT = {"SD": "Rephrased Question(SD)", "SD_TYPO": "Rephrased Question",
                        "TYPO": "Rephrased Question"}
@@ -29,12 +36,23 @@ MM_SAFETYBENCH_TEXT = {"SD": "Rephrased Question(SD)", "SD_TYPO": "Rephrased Que
 
 @dataclass(frozen=True)
 class SafetyExample:
-    """One raw example: the user's text, the path of its image, and its label (1 = unsafe)."""
+    """One raw example: the user's text, its image, and its label (1 = unsafe).
+
+    The image is the file at ``image_path``, or ``image`` itself, a picture a
+    data set holds in memory (a Hugging Face ``Image()`` column). A text-only
+    example has neither.
+    """
 
     id: str
     text: str
-    image_path: Path
+    image_path: Path | None
     label: int
+    image: object = field(default=None, repr=False)
+
+    @property
+    def image_source(self):
+        """What :func:`load_image` reads: the in-memory picture, else the path (None if neither)."""
+        return self.image if self.image is not None else self.image_path
 
 
 def load_hateful_memes(root: str | os.PathLike | None = None,
@@ -63,8 +81,15 @@ def load_hateful_memes(root: str | os.PathLike | None = None,
 
 
 def load_mm_safetybench(root: str | os.PathLike | None = None, *, image_type: str = "SD_TYPO",
-                        scenarios: list[str] | None = None) -> list[SafetyExample]:
-    """MM-SafetyBench questions with their images (all unsafe), from the raw layout."""
+                        scenarios: list[str] | None = None,
+                        text_field: str | None = None) -> list[SafetyExample]:
+    """MM-SafetyBench questions with their images (all unsafe), from the raw layout.
+
+    ``text_field`` names the question field used as the user's text (such as
+    ``"Question"``, ``"Rephrased Question"`` or ``"Rephrased Question(SD)"``);
+    every question must have it, non-empty. None keeps the default of the
+    module docstring.
+    """
     if image_type not in MM_SAFETYBENCH_TEXT:
         raise ValueError(f"image_type must be one of {sorted(MM_SAFETYBENCH_TEXT)}")
     root = _root(root, "HYBRIDCERT_MMSAFETYBENCH", "MM-SafetyBench",
@@ -82,7 +107,13 @@ def load_mm_safetybench(root: str | os.PathLike | None = None, *, image_type: st
         if scenario not in wanted:
             continue
         for qid, fields in json.loads(file.read_text()).items():
-            text = fields.get(MM_SAFETYBENCH_TEXT[image_type]) or fields.get("Question")
+            if text_field is None:
+                text = fields.get(MM_SAFETYBENCH_TEXT[image_type]) or fields.get("Question")
+            elif isinstance(fields.get(text_field), str) and fields[text_field].strip():
+                text = fields[text_field]
+            else:
+                raise ValueError(f"MM-SafetyBench: {file.name}, question {qid}: no text field "
+                                 f"{text_field!r}; its fields: {', '.join(fields)}")
             image = root / "data" / "imgs" / scenario / image_type / f"{qid}.jpg"
             if not image.is_file():
                 raise ValueError(f"MM-SafetyBench: image {image} not found")
@@ -90,15 +121,21 @@ def load_mm_safetybench(root: str | os.PathLike | None = None, *, image_type: st
     return examples
 
 
-def load_image(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """An RGB image as float32 ``(H, W, 3)`` in ``[0, 1]``, optionally resized to ``size``."""
+def load_image(path: str | os.PathLike | PILImage, size: int | None = None) -> np.ndarray:
+    """An RGB image as float32 ``(H, W, 3)`` in ``[0, 1]``, optionally resized to ``size``.
+
+    ``path`` is an image file, or a PIL image already in memory (which is not closed).
+    """
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size is not None:
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.float32) / 255.0
+    if isinstance(path, Image.Image):
+        img = path.convert("RGB")  # convert copies, so the caller's picture is left as it was
+    else:
+        with Image.open(path) as opened:
+            img = opened.convert("RGB")
+    if size is not None:
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.float32) / 255.0
 
 
 def _root(root, env: str, name: str, expected: str) -> Path:
