@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from ._version import __version__
-from .config import parse_batch_size
+from .config import HF_TASKS, parse_batch_size
 from .registries import DATA_SOURCES, MODELS
 
 
@@ -82,7 +82,13 @@ def _add_certify(commands, common) -> None:
                      for k, e in MODELS.items()))
     a("--policy", default=None, help="policy text of an hf: guard")
     a("--hf-rule", choices=("logit_mass", "generate"), default="logit_mass",
-      help="how an hf: guard decides: Safe/Unsafe next-token mass, or generation")
+      help="how an hf: chat guard decides: Safe/Unsafe next-token mass, or generation")
+    a("--hf-task", choices=HF_TASKS, default="auto",
+      help="kind of hf: guard (auto: from the model's config): a VLM, a causal LM answering "
+           "safe/unsafe, or a sequence classifier; text guards take no image (sigma none)")
+    a("--hf-flagged", default=None, metavar="LABELS",
+      help="flagged labels of a text-classification guard, by name or index, comma-separated "
+           "(e.g. INJECTION,JAILBREAK; default: every label but 0)")
     a("--device", default="cpu", help="device of an hf: guard (cpu, cuda, ...)")
     a("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
       help="precision of an hf: guard (auto: bfloat16 on CUDA, else float32)")

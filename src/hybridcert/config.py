@@ -28,6 +28,7 @@ DECISIONS = ("auto", "threshold", "majority")
 PROTOCOLS = ("shared", "per_budget")
 EXECUTORS = ("local", "ray")
 HF_RULES = ("logit_mass", "generate")
+HF_TASKS = ("auto", "image-text-to-text", "text-generation", "text-classification")
 ATTACKER_ALPHABETS = ("any", "noise")
 SAMPLINGS = ("fixed", "sequential")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -95,6 +96,8 @@ class ModelConfig:
     model: str = "demo"
     policy: str | None = None
     hf_rule: str = "logit_mass"
+    hf_task: str = "auto"  # the kind of hf: guard; auto: read from the model's config
+    hf_flagged: str | None = None  # flagged labels of a text-classification guard
     device: str = "cpu"
     dtype: str = "auto"
     cache_dir: str | None = None
@@ -224,6 +227,7 @@ class RunConfig:
             raise ConfigError("--batch-size", "an integer (--batch-size auto applies to hf: "
                               "guards)", "auto")
         _choice("--hf-rule", m.hf_rule, HF_RULES)
+        _choice("--hf-task", m.hf_task, HF_TASKS)
         _choice("--dtype", m.dtype, DTYPES)
         _choice("--kernel", z.kernel, KERNELS)
         _choice("--threat", z.threat, THREATS)
@@ -252,12 +256,14 @@ class RunConfig:
         _positive_int("--max-in-flight", x.max_in_flight, optional=True)
         _positive_int("--threads", x.threads, optional=True)
         _int("--max-retries", x.max_retries, minimum=0)
-        if z.threat == "append":
-            # The data sets hold fixed-length inputs, and the registered models read them so.
+        if z.threat == "append" and not m.model.startswith("hf:"):
+            # The data sets hold fixed-length inputs, and the registered models read them so;
+            # an hf: text guard reads the user text then the slot (checked by its entry).
             raise ConfigError("--threat", "l0 or suffix: append needs a model that reads a "
                               "trusted part followed by an untrusted slot of --threat-size "
-                              "symbols, which the command line's models do not (the demo model "
-                              "reads exactly its 10 tokens); certify such a model from Python "
+                              "symbols, which the command line's models other than hf: "
+                              "text guards do not (the demo model reads exactly its 10 "
+                              "tokens); certify such a model from Python "
                               "with threat=AppendOnly(m, filler) and "
                               "hybridcert.AppendInput(trusted)", "append")
         return self

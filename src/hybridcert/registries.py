@@ -190,7 +190,8 @@ def _register_defaults() -> None:
     register_model("sklearn:", _build_sklearn, check=_check_sklearn,
                    help="a pickled fitted scikit-learn classifier for a table")
     register_model("hf:", _build_hf, check=_check_hf, prepare=_prepare_hf,
-                   help="a Hugging Face image-text-to-text safety guard")
+                   help="a Hugging Face safety guard: a VLM or a causal LM answering "
+                        "safe/unsafe, or a sequence classifier (--hf-task)")
 
 
 
@@ -281,61 +282,110 @@ def _check_hf(config: RunConfig, source: DataSource) -> None:
                           "existing folder with config.json)", config.model.model)
     if source.tabular:
         raise ConfigError("--model", "demo or sklearn:PATH for a table", config.model.model)
-    if config.noise.kernel != "uniform" or config.noise.threat != "l0":
-        raise ConfigError("--kernel/--threat", "uniform and l0 with an hf: guard",
-                          f"{config.noise.kernel}/{config.noise.threat}")
+    m, z = config.model, config.noise
+    if z.kernel != "uniform":
+        raise ConfigError("--kernel", "uniform with an hf: guard", z.kernel)
+    if m.hf_task == "image-text-to-text":  # with auto, checked once the guard's kind is known
+        _check_hf_image_guard(config)
+    if m.hf_flagged is not None and m.hf_task not in ("auto", "text-classification"):
+        raise ConfigError("--hf-flagged", "no flagged labels with --hf-task "
+                          f"{m.hf_task} (they name a text-classification guard's labels)",
+                          m.hf_flagged)
+
+
+def _check_hf_image_guard(config: RunConfig) -> None:
+    if config.noise.threat != "l0":
+        raise ConfigError("--threat", "l0 with an image-text-to-text hf: guard (suffix and "
+                          "append apply to text-only guards)", config.noise.threat)
+
+
+def _load_hf_guard(config: RunConfig):
+    """The guard ``--model hf:...`` names, of the kind ``--hf-task`` gives or its config says."""
+    from .models.hf import load_guard
+
+    m = config.model
+    try:
+        return load_guard(m.model.split(":", 1)[1], task=m.hf_task, policy=m.policy,
+                          rule=m.hf_rule, flagged=m.hf_flagged, device=m.device, dtype=m.dtype,
+                          max_batch_size="auto" if m.batch_size == "auto" else None)
+    except OSError as err:
+        raise ConfigError("--model", "hf:NAME_OR_PATH of a Hugging Face guard with its processor "
+                          f"or tokenizer ({type(err).__name__}: {str(err).splitlines()[0]})",
+                          m.model) from err
+
+
+def _hf_examples(task: Task) -> list[tuple]:
+    """``(id, user text, image, label)`` of each example; the image is a file's path, or an
+    array in [0, 1] for a bundled text x image set (its tokens rendered as words)."""
+    if task.raw is not None:
+        return [(e.id, e.text, e.image_source, e.label) for e in task.raw]
+    data = task.dataset
+    return [(i, " ".join(data.vocab[t] for t in toks), img, int(y))
+            for i, toks, img, y in zip(data.test.ids, data.test.x_discrete,
+                                       data.test.x_continuous, data.test.y)]
 
 
 def _prepare_hf(config: RunConfig, task: Task) -> Task:
-    """Load the guard once, then tokenize the user texts and load the images at its resolution."""
-    from .models.hf import DEFAULT_POLICY, HFSafetyGuard
-
-    m = config.model
-    if task.raw is not None and any(e.image_source is None for e in task.raw):
+    """Load the guard once, then tokenize the user texts (and, for a VLM guard, load the
+    images at its resolution)."""
+    guard = _load_hf_guard(config)
+    examples = _hf_examples(task)
+    if not guard.continuous:
+        return _prepare_hf_text(config, guard, examples, task.settings)
+    _check_hf_image_guard(config)
+    if any(r[2] is None for r in examples):
         raise ConfigError("--image-column", "an image for every example: an hf: image-text "
                           "guard reads one", config.data.image_column)
-    try:
-        guard = HFSafetyGuard.from_pretrained(
-            m.model.split(":", 1)[1], policy=m.policy or DEFAULT_POLICY, rule=m.hf_rule,
-            device=m.device, dtype=m.dtype,
-            max_batch_size="auto" if m.batch_size == "auto" else None)
-    except OSError as err:
-        raise ConfigError("--model", "hf:NAME_OR_PATH of an image-text-to-text model with its "
-                          f"processor ({type(err).__name__}: {str(err).splitlines()[0]})",
-                          m.model) from err
     # The one resize, on load: the pixel space of the noise and of the L2 radius.
     size = config.data.image_size or guard._processor_image_size()
-    if task.raw is not None:
-        from .datasets.safety import load_image
+    from PIL import Image
 
-        raw = [(e.id, e.text, load_image(e.image_source, size), e.label) for e in task.raw]
-    else:  # a bundled text x image set, rendered for the guard
-        from PIL import Image
+    from .datasets.safety import load_image
 
-        data = task.dataset
+    def rgb(image):
+        if not isinstance(image, np.ndarray):
+            return load_image(image, size)
+        pil = Image.fromarray((image * 255).astype(np.uint8)).convert("RGB")
+        return np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) / 255.0
 
-        def rgb(image):
-            pil = Image.fromarray((image * 255).astype(np.uint8)).convert("RGB")
-            return np.asarray(pil.resize((size, size), Image.BILINEAR), np.float32) / 255.0
-
-        raw = [(i, " ".join(data.vocab[t] for t in toks), rgb(img), int(y))
-               for i, toks, img, y in zip(data.test.ids, data.test.x_discrete,
-                                          data.test.x_continuous, data.test.y)]
-    split = Split(ids=[r[0] for r in raw], x_discrete=[guard.encode_text(r[1]) for r in raw],
-                  x_continuous=[r[2] for r in raw], y=np.array([r[3] for r in raw]))
+    split = Split(ids=[r[0] for r in examples], x_discrete=[guard.encode_text(r[1])
+                                                             for r in examples],
+                  x_continuous=[rgb(r[2]) for r in examples],
+                  y=np.array([r[3] for r in examples]))
     return Task(split=split, num_classes=2, dataset=None, model=guard,
                 settings={**task.settings, "guard": guard.describe(), "image_size": size,
                           "alphabet": guard.alphabet})
 
 
-def _build_hf(spec):
-    from .models.hf import DEFAULT_POLICY, HFSafetyGuard
+def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: dict) -> Task:
+    """A text-only guard: the user texts alone (no images, so sigma is None); under the
+    append threat each text is the trusted part of an ``AppendInput``, the slot follows."""
+    from .noise import AppendInput
 
-    m = spec.config.model
-    return HFSafetyGuard.from_pretrained(m.model.split(":", 1)[1],
-                                         policy=m.policy or DEFAULT_POLICY, rule=m.hf_rule,
-                                         device=m.device, dtype=m.dtype,
-                                         max_batch_size="auto" if m.batch_size == "auto" else None)
+    z = config.noise
+    if z.baseline == "image-only":
+        raise ConfigError("--baseline", "none or text-only with a text-only hf: guard (it reads "
+                          "no image)", z.baseline)
+    tokens = [guard.encode_text(r[1]) for r in examples]
+    if z.threat == "append":
+        if not 0 <= z.filler < len(guard.tokenizer):
+            raise ConfigError("--filler", "a token id of the guard's tokenizer, in 0.."
+                              f"{len(guard.tokenizer) - 1}", z.filler)
+        room = guard.max_user_tokens
+        if room is not None and tokens and max(t.size for t in tokens) + z.threat_size > room:
+            raise ConfigError("--threat-size", f"at most {room - max(t.size for t in tokens)}: "
+                              f"the longest user text and the slot must fit the model's {room} "
+                              "positions beside the template", z.threat_size)
+        tokens = [AppendInput(t) for t in tokens]
+    split = Split(ids=[r[0] for r in examples], x_discrete=tokens,
+                  x_continuous=[None] * len(examples), y=np.array([r[3] for r in examples]))
+    return Task(split=split, num_classes=2, dataset=None, model=guard,
+                settings={**settings, "guard": guard.describe(), "image_size": None,
+                          "alphabet": guard.alphabet, "continuous": False})
+
+
+def _build_hf(spec):
+    return _load_hf_guard(spec.config)
 
 
 _register_defaults()

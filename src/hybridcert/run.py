@@ -53,6 +53,7 @@ class SmoothedBuilder:
     arities: tuple[int, ...] | None = None
     alphabet: np.ndarray | None = field(default=None, repr=False)
     torch_inputs: bool = False
+    continuous: bool = True  # False: no continuous input (an hf: text guard), so sigma is None
     build: Callable | None = field(default=None, repr=False)  # the entry's, carried to workers
     loaded: object = field(default=None, repr=False, compare=False)  # never pickled
 
@@ -98,7 +99,8 @@ class SmoothedBuilder:
         z, batch = self.config.noise, self.config.model.batch_size
         return SmoothedClassifier(
             model, discrete_noise=None if z.baseline == "image-only" else self.kernel(),
-            sigma=None if z.baseline == "text-only" else z.sigma, threat=self.threat(),
+            sigma=None if z.baseline == "text-only" or not self.continuous else z.sigma,
+            threat=self.threat(),
             decision=self.rule, target_label=self.config.decision.target_label,
             clamp=(0.0, 1.0) if self.alphabet is not None else None,
             batch_size=AUTO_BATCH if batch == "auto" else batch,
@@ -151,11 +153,15 @@ class Plan:
         if hf:
             s["attacker_alphabet"] = z.attacker_alphabet
         s.update({
-            "beta": z.beta, "sigma": z.sigma, "decision": self.rule.kind,
+            "beta": z.beta, "sigma": z.sigma if self.builder.continuous else None,
+            "decision": self.rule.kind,
             "tau": self.rule.tau, "target_label": self.rule.target_label,
             "n0": e.n0, "n": e.n, "alpha": e.alpha, "d_max": e.d_max, "threat": z.threat,
         })
         if hf:
+            if not self.builder.continuous:  # a text guard's threat may be a suffix or a slot
+                s.update(threat_size=z.threat_size if z.threat != "l0" else None,
+                         filler=z.filler if z.threat == "append" else None)
             s.update({"protocol": e.protocol, "image_size": self.task.settings["image_size"],
                       "batch_size": c.model.batch_size, "seed": e.seed, "num_classes": 2,
                       "hybridcert": __version__, "limit": c.data.limit, **self._sampling()})
@@ -194,7 +200,8 @@ def plan(config: RunConfig) -> Plan:
     torch_inputs = entry.prefix == "demo" and task.arities is None
     builder = SmoothedBuilder(config, rule, vocab_size=task.vocab_size, arities=task.arities,
                               alphabet=task.settings.get("alphabet"), torch_inputs=torch_inputs,
-                              build=entry.build, loaded=task.model)
+                              build=entry.build, loaded=task.model,
+                              continuous=task.settings.get("continuous", True))
     return Plan(config, rule, task, builder)
 
 
@@ -204,7 +211,7 @@ def _check_budget(config: RunConfig, task: Task) -> None:
     if not len(task.split):
         raise ConfigError("--dataset", "a data set with at least one test example",
                           config.data.dataset)
-    lengths = [len(t) for t in task.split.x_discrete]
+    lengths = [len(getattr(t, "trusted", t)) for t in task.split.x_discrete]  # AppendInput
     shortest = min(lengths)
     if z.threat == "suffix" and z.threat_size > shortest:
         raise ConfigError("--threat-size", f"at most {shortest} (the shortest sequence) with "
