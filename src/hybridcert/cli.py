@@ -123,9 +123,14 @@ def _add_certify(commands, common) -> None:
       help="shared-D (one estimate for all budgets) or the published loop over d")
     a("--batch-size", type=parse_batch_size, default=1000, help="samples per model call (1000); "
       "auto (hf:): the guard halves its forward batch on out-of-memory, and records it")
-    a("--sampling", choices=("fixed", "sequential"), default="fixed",
-      help="fixed: n samples per example; sequential: stop once every (d, r) of the report's "
-           "grid is decided, with an anytime-valid bound (up to --n-max samples)")
+    a("--sampling", choices=("fixed", "sequential"), default=None,
+      help="fixed (default): n samples per example; sequential: stop once every question is "
+           "decided (the --target ones, else every (d, r) of the report's grid), with an "
+           "anytime-valid bound (up to --n-max samples); --target implies sequential")
+    a("--target", dest="targets", type=_target, action="append", default=None,
+      metavar="D:R", help="ask one question: is the input certified against D changed tokens "
+      "and an L2 radius R? (repeatable; sequential sampling stops as soon as each is certified "
+      "or out of reach)")
     a("--n-max", type=int, default=100_000, help="most samples under --sampling sequential")
     a("--seed", type=int, default=0, help="seed of data, model and noise (0)")
     a("--threads", type=int, default=None, help="torch threads (default: the CPUs this "
@@ -147,6 +152,15 @@ def _add_certify(commands, common) -> None:
     a("--no-progress", action="store_true", help="no progress bar")
     a("--verbose", action="store_true", help="log what the run does (threads, training)")
     p.set_defaults(run=_run_certify)
+
+
+def _target(text: str) -> tuple[int, float]:
+    from .config import ConfigError, parse_target
+
+    try:
+        return parse_target(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _run_certify(args) -> int:

@@ -137,8 +137,31 @@ class EstimationConfig:
     d_max: int | None = None
     protocol: str = "shared"
     seed: int = 0
-    sampling: str = "fixed"
+    sampling: str | None = None  # None: "sequential" when targets are given, else "fixed"
     n_max: int = 100_000
+    targets: tuple[tuple[int, float], ...] | None = None  # (d, r) questions, sequential only
+
+    @property
+    def resolved_sampling(self) -> str:
+        """The sampling rule: as given, else sequential when targets are asked, else fixed."""
+        if self.sampling is not None:
+            return self.sampling
+        return "sequential" if self.targets else "fixed"
+
+
+def parse_target(text: str) -> tuple[int, float]:
+    """``--target D:R``: a discrete budget ``D`` (integer >= 0) and an L2 radius ``R`` >= 0."""
+    d, sep, r = text.partition(":")
+    try:
+        if not sep or not d.strip().isdigit():
+            raise ValueError
+        budget, radius = int(d), float(r)
+    except ValueError:
+        raise ConfigError("--target", "D:R, a budget D (integer >= 0) and a radius R >= 0, "
+                          "such as 1:0.5", text) from None
+    if not np.isfinite(radius) or radius < 0:
+        raise ConfigError("--target", "D:R with a finite radius R >= 0", text)
+    return budget, radius
 
 
 @dataclass(frozen=True)
@@ -189,8 +212,11 @@ class RunConfig:
             return kind(**{f.name: given[f.name] for f in dataclasses.fields(kind)
                            if f.name in given})
 
+        estimation = group(EstimationConfig)
+        if estimation.targets is not None:
+            estimation = dataclasses.replace(estimation, targets=tuple(estimation.targets))
         return cls(data=group(DataConfig), model=group(ModelConfig), noise=group(NoiseConfig),
-                   decision=group(DecisionConfig), estimation=group(EstimationConfig),
+                   decision=group(DecisionConfig), estimation=estimation,
                    executor=dataclasses.replace(group(ExecutorConfig),
                                                 progress=not given.get("no_progress", False),
                                                 report=not given.get("no_report", False)),
@@ -245,7 +271,27 @@ class RunConfig:
         _unit_interval("--alpha", e.alpha, "a number in the open interval (0, 1)")
         _int("--d-max", e.d_max, minimum=0, optional=True)
         _choice("--protocol", e.protocol, PROTOCOLS)
-        _choice("--sampling", e.sampling, SAMPLINGS)
+        if e.sampling is not None:
+            _choice("--sampling", e.sampling, SAMPLINGS)
+        if e.targets is not None:
+            if e.sampling == "fixed":
+                raise ConfigError("--target", "no --sampling fixed: a target is a question that "
+                                  "sequential sampling answers", "with --sampling fixed")
+            if not e.targets:
+                raise ConfigError("--target", "at least one D:R", "none")
+            for t in e.targets:
+                if (not isinstance(t, tuple | list) or len(t) != 2 or isinstance(t[0], bool)
+                        or not isinstance(t[0], int | np.integer) or t[0] < 0
+                        or isinstance(t[1], bool) or not isinstance(t[1], int | float)
+                        or not np.isfinite(t[1]) or t[1] < 0):
+                    raise ConfigError("--target", "(d, r) pairs: an integer budget d >= 0 and "
+                                      "a finite radius r >= 0", t)
+            if e.d_max is not None and max(d for d, _ in e.targets) > e.d_max:
+                raise ConfigError("--target", f"budgets at most --d-max {e.d_max}",
+                                  max(d for d, _ in e.targets))
+        if e.resolved_sampling == "sequential" and e.protocol != "shared":
+            raise ConfigError("--protocol", "shared with sequential sampling (per_budget is a "
+                              "fixed-n cost baseline)", e.protocol)
         _positive_int("--n-max", e.n_max)
         _int("--seed", e.seed, minimum=0)
         _choice("--executor", x.executor, EXECUTORS)

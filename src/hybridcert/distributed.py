@@ -62,6 +62,7 @@ def certify_split_ray(
     max_retries: int = 2,
     sampling: str = "fixed",
     n_max: int = 100_000,
+    targets=None,
 ) -> Path:
     """Like :func:`hybridcert.runner.certify_split`, on Ray actors built by ``builder()``.
 
@@ -101,7 +102,7 @@ def certify_split_ray(
                    max_in_flight=max_in_flight, policy=policy,
                    kwargs={"n0": n0, "n": n, "alpha": alpha, "d_max": d_max,
                            "protocol": protocol, "seed": seed, "sampling": sampling,
-                           "n_max": n_max})
+                           "n_max": n_max, "targets": targets})
         finally:
             bar.close()
             if started_here:

@@ -332,6 +332,8 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines = [f"# Certification report: `{settings.get('dataset', run_dir.name)}`", "",
              _settings_line(settings), "", coverage_sentence(settings, len(rows), failed), "",
              attacker_sentence(settings, rows), ""]
+    if settings.get("targets"):  # a run that asked its own questions: answer them, nothing else
+        return _write_target_report(run_dir, lines, rows, settings, failed)
     lines += ["## Summary", ""]
     if threshold:
         tau = settings.get("tau")
@@ -430,6 +432,64 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines += [f"`{CALLS_FIGURE}`: model calls per example (sequential sampling stops early on "
               "settled examples; when every example costs the same it is one bar).", "",
               f"![model calls per example]({CALLS_FIGURE})", ""]
+    out = run_dir / REPORT
+    out.write_text("\n".join(lines))
+    return out
+
+
+def target_answers(rows: list[dict], settings: dict) -> list[dict]:
+    """Per question ``(d, r)`` of a target run and per pool: how many examples are certified
+    (and count: flagged, or a correct label), dropped (the bound proves the question cannot be
+    certified) or undecided (``n_max`` or a budget reached first)."""
+    questions = [(int(d), float(r)) for d, r in settings["targets"]]
+    out = []
+    for name, pool in pools(rows, settings).items():
+        for q, (d, r) in enumerate(questions):
+            status = [((row.get("settings") or {}).get("sequential") or {}).get("status") or []
+                      for row in pool]
+            told = [st[q] if q < len(st) else "undecided" for st in status]
+            certified = sum(t == "certified" and is_counted(row, settings)
+                            for t, row in zip(told, pool))
+            out.append({"pool": name, "d": d, "r": r, "examples": len(pool),
+                        "certified": certified,
+                        "certified_other": sum(t == "certified" for t in told) - certified,
+                        "dropped": sum(t == "dropped" for t in told),
+                        "undecided": sum(t == "undecided" for t in told)})
+    return out
+
+
+def _write_target_report(run_dir: Path, lines: list[str], rows, settings, failed) -> Path:
+    """The report of a ``--target`` run: each question answered, the calls it took."""
+    threshold = is_threshold(settings)
+    what = {"unsafe": "unsafe inputs", "safe": "safe inputs", "all": "examples"}
+    hit = "flagged and certified" if threshold else "predicted correctly and certified"
+    lines += ["## The questions asked", "",
+              "Each question (d, r): is the input certified against at most d changed tokens "
+              "combined with a continuous shift of L2 norm at most r? Sequential sampling stopped "
+              "each example as soon as every question was certified or proved out of reach "
+              "(dropped); undecided: n_max was reached first. Only these questions were decided: "
+              "the run holds no grid of other radii.", ""]
+    body = []
+    for a in target_answers(rows, settings):
+        n = a["examples"]
+        body.append([what[a["pool"]], str(a["d"]), _num(a["r"]),
+                     f"{_pct(a['certified'] / n) if n else '-'} ({a['certified']} of {n})",
+                     str(a["dropped"]), str(a["undecided"])])
+    lines += _table(["examples", "d", "r", hit, "dropped", "undecided at n_max"], body)
+    if threshold:
+        lines += ["", "On safe inputs a certified flag is a false flag that an attacker within "
+                  "the budget cannot clear."]
+    calls = np.array([r["model_calls"] for r in rows])
+    lines += ["", "## Cost", "",
+              f"- model calls per example: median {np.median(calls):,.0f}, mean "
+              f"{calls.mean():,.0f}, max {calls.max():,}; total {calls.sum():,} for {len(rows)} "
+              "examples",
+              f"- examples whose certification failed (left out above): {failed}",
+              f"- seconds: {sum(r['seconds'] for r in rows):.1f} summed over examples (examples "
+              "batched together overlap; depends on the machine and its load)", "",
+              f"`{CALLS_FIGURE}`: model calls per example.", "",
+              f"![model calls per example]({CALLS_FIGURE})", ""]
+    plot_calls_histogram(run_dir / CALLS_FIGURE, rows)
     out = run_dir / REPORT
     out.write_text("\n".join(lines))
     return out

@@ -105,7 +105,7 @@ class SmoothedBuilder:
             clamp=(0.0, 1.0) if self.alphabet is not None else None,
             batch_size=AUTO_BATCH if batch == "auto" else batch,
             # sequential sampling certifies from one lower bound: lower(A) > 1/2 with > 2 classes
-            multiclass_rule="half" if self.config.estimation.sampling == "sequential"
+            multiclass_rule="half" if self.config.estimation.resolved_sampling == "sequential"
             else "runner_up",
         )
 
@@ -135,8 +135,12 @@ class Plan:
         from .streams import STREAM_VERSION
 
         e = self.config.estimation
-        return {"stream": STREAM_VERSION, "sampling": e.sampling,
-                "n_max": e.n_max if e.sampling == "sequential" else None}
+        sampling = e.resolved_sampling
+        out = {"stream": STREAM_VERSION, "sampling": sampling,
+               "n_max": e.n_max if sampling == "sequential" else None}
+        if e.targets is not None:  # only then: runs made before --target resume unchanged
+            out["targets"] = [[int(d), float(r)] for d, r in e.targets]
+        return out
 
     def settings(self) -> dict:
         """The content of ``run.json``: every setting that changes a result."""
@@ -271,8 +275,8 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     common = {"n0": config.estimation.n0, "n": config.estimation.n, "alpha": config.estimation.alpha,
               "d_max": config.estimation.d_max, "protocol": config.estimation.protocol,
               "seed": config.estimation.seed, "limit": config.data.limit, "progress": x.progress,
-              "max_retries": x.max_retries, "sampling": config.estimation.sampling,
-              "n_max": config.estimation.n_max}
+              "max_retries": x.max_retries, "sampling": config.estimation.resolved_sampling,
+              "n_max": config.estimation.n_max, "targets": config.estimation.targets}
     split = p.split
     say(f"{min(config.data.limit or len(split), len(split))} test examples -> {out}/")
     if x.executor == "ray":

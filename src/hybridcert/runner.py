@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DataConfig, EstimationConfig, ExecutorConfig, RunConfig
 from .datasets.base import Split
 from .rundir import (
     RESULTS,
@@ -51,14 +52,15 @@ def example_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
             x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, seed,
-            start: float, sampling: str = "fixed", n_max: int = 100_000) -> dict:
+            start: float, sampling: str = "fixed", n_max: int = 100_000,
+            targets=None) -> dict:
     """Certify one example with its own noise stream; the row to write.
 
     An example on which every model call raised is a failed row, not a
     certificate of "abstain": nothing was learned about the model.
     """
     cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
-                            protocol=protocol, sampling=sampling, n_max=n_max,
+                            protocol=protocol, sampling=sampling, n_max=n_max, targets=targets,
                             random_state=example_seed(seed, index))
     return certificate_row(example_id, true_label, cert, time.perf_counter() - start)
 
@@ -94,6 +96,7 @@ def certify_split(
     max_retries: int = 2,
     sampling: str = "fixed",
     n_max: int = 100_000,
+    targets=None,
 ) -> Path:
     """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``.
 
@@ -104,7 +107,7 @@ def certify_split(
     :class:`~hybridcert.rundir.RunStopped`.
     """
     kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
-              "seed": seed, "sampling": sampling, "n_max": n_max}
+              "seed": seed, "sampling": sampling, "n_max": n_max, "targets": targets}
     policy = RetryPolicy(max_retries)
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
@@ -244,6 +247,9 @@ def certify_dataset(
     progress: bool = True,
     report: bool = True,
     max_retries: int = 2,
+    sampling: str | None = None,
+    n_max: int = 100_000,
+    targets=None,
 ) -> Path:
     """Certify your own examples with your smoothed classifier into a resumable run directory.
 
@@ -263,8 +269,15 @@ def certify_dataset(
         label is recorded as -1.
     out : path
         The run directory.
-    n0, n, alpha, d_max, protocol
+    n0, n, alpha, d_max, protocol, n_max
         As for :meth:`SmoothedClassifier.certify`.
+    sampling : {"fixed", "sequential"}, optional
+        Default: ``"sequential"`` when ``targets`` are given, else ``"fixed"``.
+    targets : sequence of (d, r), optional
+        Sequential sampling asks exactly these questions ("is the input
+        certified against ``d`` changes and radius ``r``?") and stops each
+        example as soon as every one is certified or out of reach; without
+        them it decides the report's whole grid. Recorded in ``run.json``.
     seed : int
         Example ``i`` draws its noise from ``SeedSequence([seed, i])``.
     name : str
@@ -290,32 +303,37 @@ def certify_dataset(
     >>> len(frame), frame["id"].is_unique, int(frame["failed"].sum())
     (4, True, 0)
     """
-    from ._validation import check_int, check_open_unit
     from ._version import __version__
     from .streams import STREAM_VERSION
 
     if not isinstance(smoothed, SmoothedClassifier):
         raise TypeError("smoothed must be a hybridcert.SmoothedClassifier")
-    check_int("n0", n0, minimum=1)
-    check_int("n", n, minimum=1)
-    check_open_unit("alpha", alpha)
-    if d_max is not None:
-        check_int("d_max", d_max, minimum=0)
-    if limit is not None:
-        check_int("limit", limit, minimum=1)
+    # The command line's checks, in one place (config.py), before anything is written.
+    estimation = EstimationConfig(
+        n0=n0, n=n, alpha=alpha, d_max=d_max, protocol=protocol, seed=seed, sampling=sampling,
+        n_max=n_max, targets=None if targets is None else tuple(
+            tuple(t) if isinstance(t, list | tuple) else t for t in targets))
+    RunConfig(estimation=estimation, executor=ExecutorConfig(max_retries=max_retries),
+              data=DataConfig(limit=limit)).validate()
+    sampling = estimation.resolved_sampling
     split = as_split(examples)
     model = smoothed.base_classifier
     settings = {"dataset": name,
                 "model": getattr(model, "__qualname__", None) or type(model).__qualname__,
-                **smoothed.settings_for(alpha=alpha, protocol=protocol, d_max=d_max),
+                **smoothed.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
+                                        sampling=sampling),
                 "n0": n0, "n": n, "seed": seed, "batch_size": smoothed.batch_size,
                 "limit": limit, "hybridcert": __version__}
     for key in ("counted_label", "level", "attack", "base_classifier"):
         settings.pop(key)
     settings["stream"] = STREAM_VERSION
+    settings["n_max"] = n_max if sampling == "sequential" else None
+    if estimation.targets is not None:
+        settings["targets"] = [[int(d), float(r)] for d, r in estimation.targets]
     out = certify_split(smoothed, split, out, settings, n0=n0, n=n, alpha=alpha, d_max=d_max,
                         protocol=protocol, seed=seed, limit=limit, progress=progress,
-                        max_retries=max_retries)
+                        max_retries=max_retries, sampling=sampling, n_max=n_max,
+                        targets=estimation.targets)
     if report and any(not r["failed"] for r in read_results(out / RESULTS).values()):
         from .report import write_report
 
