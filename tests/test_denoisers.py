@@ -227,3 +227,41 @@ def test_a_plain_callable_is_recorded_by_name_not_by_memory_address():
 
     described = GaussianNoise(0.5, denoiser=sharpen).describe()["denoiser"]
     assert described.endswith("sharpen") and "0x" not in described
+
+
+def test_the_cli_certifies_an_hf_guard_with_a_saved_denoiser_and_records_it(tmp_path):
+    pytest.importorskip("transformers", reason="the hf: guard of the end-to-end run")
+    from diffusers import DDPMScheduler
+    from hf_tiny import build_tiny_llava
+
+    from hybridcert.cli import main
+
+    tiny_unet(seed=1).save_pretrained(tmp_path / "den")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "den")
+    guard = build_tiny_llava(tmp_path / "guard")
+    out = tmp_path / "run"
+    argv = ["certify", "--model", f"hf:{guard}", "--denoiser", f"diffusers:{tmp_path / 'den'}",
+            "--n", "16", "--batch-size", "16", "--d-max", "1", "--limit", "2", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    settings = json.loads((out / "run.json").read_text())
+    assert settings["denoiser"]["name"] == str(tmp_path / "den")
+    assert settings["denoiser"]["noise_level"] == pytest.approx(1.0, rel=0.05)  # 2 sigma
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not any(r["failed"] for r in rows)
+    assert rows[0]["settings"]["gaussian"]["denoiser"] == settings["denoiser"]
+    assert "Denoiser:" in (out / "report.md").read_text()
+    assert main(argv) == 0  # the recorded description is stable: the run resumes
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--denoiser", "unet.pt", "--model", "hf:x"], "--denoiser"),
+    (["--denoiser", "diffusers:x"], "--denoiser"),  # the demo model reads no RGB image
+])
+def test_bad_denoiser_options_exit_2(tmp_path, capsys, argv, flag):
+    from hybridcert.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["certify", *argv, "--out", str(tmp_path / "r"), "--no-progress"])
+    assert info.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

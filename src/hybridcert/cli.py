@@ -117,6 +117,10 @@ def _add_certify(commands, common) -> None:
     a("--attacker-alphabet", choices=("any", "noise"), default="any",
       help="symbols the attacker may write: any (default, safe) or only the noise alphabet's "
            "(an assumption about the tokenizer and input channel, recorded in the results)")
+    a("--denoiser", default=None, metavar="diffusers:PATH_OR_NAME",
+      help="denoised smoothing for an hf: image guard: a diffusers UNet2DModel and its "
+           "DDPMScheduler denoise each noisy image in one step at the noise level 2 sigma of "
+           "its [-1, 1] scale (the noise itself stays sigma in the guard's pixels)")
     a("--baseline", choices=("none", "image-only", "text-only"), default="none",
       help="certify a baseline: image-only (Gaussian only) or text-only (token noise only)")
     a("--protocol", choices=("shared", "per_budget"), default="shared",

@@ -116,6 +116,7 @@ class NoiseConfig:
     filler: int = 0
     attacker_alphabet: str = "any"
     baseline: str = "none"
+    denoiser: str | None = None  # "diffusers:PATH_OR_NAME": denoised smoothing (hf: image guards)
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,17 @@ class RunConfig:
         _choice("--kernel", z.kernel, KERNELS)
         _choice("--threat", z.threat, THREATS)
         _choice("--baseline", z.baseline, BASELINES)
+        if z.denoiser is not None:
+            if not isinstance(z.denoiser, str) or not z.denoiser.startswith("diffusers:") or \
+                    not z.denoiser.split(":", 1)[1]:
+                raise ConfigError("--denoiser", "diffusers:PATH_OR_NAME (a UNet2DModel with its "
+                                  "DDPMScheduler)", z.denoiser)
+            if not m.model.startswith("hf:"):
+                raise ConfigError("--denoiser", "an hf: image guard as --model (the denoiser "
+                                  "reads RGB images)", m.model)
+            if z.baseline == "text-only":
+                raise ConfigError("--denoiser", "no --baseline text-only (no Gaussian noise to "
+                                  "denoise)", z.denoiser)
         _choice("--attacker-alphabet", z.attacker_alphabet, ATTACKER_ALPHABETS)
         _unit_interval("--beta", z.beta, "a number in (0, 1]", upper_closed=True)
         _positive("--sigma", z.sigma)

@@ -41,6 +41,7 @@ class Task:
     raw: list | None = None
     settings: dict = field(default_factory=dict)
     model: object = field(default=None, repr=False)  # a model the data needed loaded already
+    denoiser: object = field(default=None, repr=False)  # --denoiser, loaded with the guard
 
 
 @dataclass(frozen=True)
@@ -352,9 +353,27 @@ def _prepare_hf(config: RunConfig, task: Task) -> Task:
                                                              for r in examples],
                   x_continuous=[rgb(r[2]) for r in examples],
                   y=np.array([r[3] for r in examples]))
-    return Task(split=split, num_classes=2, dataset=None, model=guard,
+    denoiser = None
+    if config.noise.denoiser is not None:
+        denoiser = load_run_denoiser(config, guard)
+    return Task(split=split, num_classes=2, dataset=None, model=guard, denoiser=denoiser,
                 settings={**task.settings, "guard": guard.describe(), "image_size": size,
-                          "alphabet": guard.alphabet})
+                          "alphabet": guard.alphabet,
+                          "denoiser": None if denoiser is None else denoiser.describe()})
+
+
+def load_run_denoiser(config: RunConfig, guard=None):
+    """The ``--denoiser`` of a run, on the guard's device (a ConfigError if it cannot load)."""
+    from .denoisers import load_denoiser
+
+    z, m = config.noise, config.model
+    device = getattr(guard, "device", None) or m.device
+    try:
+        return load_denoiser(z.denoiser, sigma=z.sigma, device=device)
+    except (OSError, ValueError, ImportError) as err:
+        raise ConfigError("--denoiser", "diffusers:PATH_OR_NAME of a UNet2DModel with its "
+                          f"DDPMScheduler ({type(err).__name__}: {str(err).splitlines()[0]})",
+                          z.denoiser) from err
 
 
 def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: dict) -> Task:
@@ -363,6 +382,9 @@ def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: 
     from .noise import AppendInput
 
     z = config.noise
+    if z.denoiser is not None:
+        raise ConfigError("--denoiser", "an image guard (a text-only guard reads no image)",
+                          z.denoiser)
     if z.baseline == "image-only":
         raise ConfigError("--baseline", "none or text-only with a text-only hf: guard (it reads "
                           "no image)", z.baseline)

@@ -287,7 +287,13 @@ def _settings_line(s: dict) -> str:
         keys.remove("n0")  # the threshold rule fixes the label: no selection samples are drawn
     if s.get("baseline") not in (None, "none"):
         keys.insert(2, "baseline")
-    return "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
+    line = "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
+    den = s.get("denoiser")
+    if isinstance(den, dict):  # denoised smoothing: what post-processed each noisy image
+        line += (f". Denoiser: {den.get('name')}, one step at timestep {den.get('timestep')} "
+                 f"(noise level {den.get('noise_level')} in its [-1, 1] scale), resolution "
+                 f"{den.get('resolution')}")
+    return line
 
 
 def cost_lines(rows: list[dict], settings: dict) -> list[str]:

@@ -56,10 +56,11 @@ class SmoothedBuilder:
     continuous: bool = True  # False: no continuous input (an hf: text guard), so sigma is None
     build: Callable | None = field(default=None, repr=False)  # the entry's, carried to workers
     loaded: object = field(default=None, repr=False, compare=False)  # never pickled
+    denoiser: object = field(default=None, repr=False, compare=False)  # never pickled
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["loaded"] = None  # a worker loads its own replica
+        state["loaded"] = state["denoiser"] = None  # a worker loads its own replicas
         return state
 
     def load_task(self) -> Task:
@@ -97,12 +98,20 @@ class SmoothedBuilder:
         model = self.loaded if self.loaded is not None else \
             (self.build or model_entry(self.config.model.model).build)(self)
         z, batch = self.config.noise, self.config.model.batch_size
+        denoiser = self.denoiser
+        if denoiser is None and z.denoiser is not None:
+            from .registries import load_run_denoiser
+
+            denoiser = load_run_denoiser(self.config, model)
         return SmoothedClassifier(
             model, discrete_noise=None if z.baseline == "image-only" else self.kernel(),
             sigma=None if z.baseline == "text-only" or not self.continuous else z.sigma,
             threat=self.threat(),
             decision=self.rule, target_label=self.config.decision.target_label,
-            clamp=(0.0, 1.0) if self.alphabet is not None else None,
+            # A diffusion denoiser expects the Gaussian tails a clamp would cut; it clamps its
+            # own output to [0, 1].
+            clamp=(0.0, 1.0) if self.alphabet is not None and denoiser is None else None,
+            denoiser=denoiser,
             batch_size=AUTO_BATCH if batch == "auto" else batch,
             # sequential sampling certifies from one lower bound: lower(A) > 1/2 with > 2 classes
             multiclass_rule="half" if self.config.estimation.resolved_sampling == "sequential"
@@ -151,6 +160,8 @@ class Plan:
             s["data"] = self.task.settings["data"]
         if hf:
             s["guard"] = self.task.settings["guard"]
+            if self.task.settings.get("denoiser") is not None:
+                s["denoiser"] = self.task.settings["denoiser"]
             s["dtype"] = s["guard"]["dtype"]
         kernel = "categorical" if self.task.arities is not None else z.kernel
         s["kernel"] = kernel
@@ -204,7 +215,7 @@ def plan(config: RunConfig) -> Plan:
     torch_inputs = entry.prefix == "demo" and task.arities is None
     builder = SmoothedBuilder(config, rule, vocab_size=task.vocab_size, arities=task.arities,
                               alphabet=task.settings.get("alphabet"), torch_inputs=torch_inputs,
-                              build=entry.build, loaded=task.model,
+                              build=entry.build, loaded=task.model, denoiser=task.denoiser,
                               continuous=task.settings.get("continuous", True))
     return Plan(config, rule, task, builder)
 
