@@ -232,8 +232,8 @@ def test_a_plain_callable_is_recorded_by_name_not_by_memory_address():
 def test_the_cli_certifies_an_hf_guard_with_a_saved_denoiser_and_records_it(tmp_path):
     pytest.importorskip("transformers", reason="the hf: guard of the end-to-end run")
     from diffusers import DDPMScheduler
-    from hf_tiny import build_tiny_llava
 
+    from hf_tiny import build_tiny_llava
     from hybridcert.cli import main
 
     tiny_unet(seed=1).save_pretrained(tmp_path / "den")
