@@ -248,7 +248,8 @@ def test_a_text_only_set_is_refused_by_an_image_text_guard_before_it_loads(saved
 
     config = RunConfig(data=DataConfig(dataset="hf-disk", data_path=str(saved / "one"),
                                        image_column="none"),
-                       model=ModelConfig(model=f"hf:{tmp_path}"))  # not a model: never loaded
+                       model=ModelConfig(model=f"hf:{tmp_path}", hf_task="image-text-to-text"))
+    # not a model: never loaded (with --hf-task auto the guard's config tells its kind first)
     with pytest.raises(ConfigError, match=r"--image-column: expected an image for every example"):
         plan(config)
 

@@ -329,14 +329,14 @@ def _hf_examples(task: Task) -> list[tuple]:
 def _prepare_hf(config: RunConfig, task: Task) -> Task:
     """Load the guard once, then tokenize the user texts (and, for a VLM guard, load the
     images at its resolution)."""
-    guard = _load_hf_guard(config)
     examples = _hf_examples(task)
+    if config.model.hf_task == "image-text-to-text":  # refused before the guard loads
+        _check_images(config, examples)
+    guard = _load_hf_guard(config)
     if not guard.continuous:
         return _prepare_hf_text(config, guard, examples, task.settings)
     _check_hf_image_guard(config)
-    if any(r[2] is None for r in examples):
-        raise ConfigError("--image-column", "an image for every example: an hf: image-text "
-                          "guard reads one", config.data.image_column)
+    _check_images(config, examples)
     # The one resize, on load: the pixel space of the noise and of the L2 radius.
     size = config.data.image_size or guard._processor_image_size()
     from PIL import Image
@@ -374,6 +374,12 @@ def load_run_denoiser(config: RunConfig, guard=None):
         raise ConfigError("--denoiser", "diffusers:PATH_OR_NAME of a UNet2DModel with its "
                           f"DDPMScheduler ({type(err).__name__}: {str(err).splitlines()[0]})",
                           z.denoiser) from err
+
+
+def _check_images(config: RunConfig, examples: list[tuple]) -> None:
+    if any(r[2] is None for r in examples):
+        raise ConfigError("--image-column", "an image for every example: an hf: image-text "
+                          "guard reads one", config.data.image_column)
 
 
 def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: dict) -> Task:
