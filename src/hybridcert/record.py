@@ -222,9 +222,9 @@ def with_radii(cert: Certificate, p_lowers: list[float],
         spec = s["attack"][i]
         if p_uppers is not None:
             return _runner_up_frontier(p_lowers[i], p_uppers[i], sigma, spec, top)
-        front = certified_frontier(p_lowers[i], sigma=sigma, tau=s["tau"],
-                                   atoms=[attack_atoms(spec, d) for d in range(top + 1)])
-        return np.asarray(front.radii), np.arange(top + 1) <= front.largest_budget
+        radii, largest = _frontier(float(p_lowers[i]), json.dumps(spec, sort_keys=True),
+                                   float(sigma), float(s["tau"]), top)
+        return np.asarray(radii), np.arange(top + 1) <= largest
 
     if len(p_lowers) == 1:
         radii, certified = frontier(0, d_max)
@@ -264,6 +264,18 @@ def target_thresholds(spec: dict, sigma: float | None, tau: float,
     table = _threshold_table(json.dumps(spec, sort_keys=True), sigma, tau,
                              max(d for d, _ in targets), radii)
     return np.array([table[d, radii.index(r)] for d, r in targets])
+
+
+@lru_cache(maxsize=4096)
+def _frontier(p_lower: float, spec_json: str, sigma: float, tau: float,
+              top: int) -> tuple[tuple[float, ...], int]:
+    """``certified_frontier`` of one bound, cached: the examples of a run share their attack
+    specification, and sequential runs stop at a few distinct counts, so many certificates have
+    the same lower bound (a pure function of its arguments: the radii are those recomputed)."""
+    spec = json.loads(spec_json)
+    front = certified_frontier(p_lower, sigma=sigma, tau=tau,
+                               atoms=[attack_atoms(spec, d) for d in range(top + 1)])
+    return tuple(float(r) for r in front.radii), int(front.largest_budget)
 
 
 @lru_cache(maxsize=256)
