@@ -265,3 +265,13 @@ def test_bad_denoiser_options_exit_2(tmp_path, capsys, argv, flag):
         main(["certify", *argv, "--out", str(tmp_path / "r"), "--no-progress"])
     assert info.value.code == 2 and flag in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_two_checkpoints_of_one_architecture_describe_themselves_differently():
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    a = DiffusionDenoiser(tiny_unet(seed=1), scheduler, sigma=0.5).describe()
+    b = DiffusionDenoiser(tiny_unet(seed=2), scheduler, sigma=0.5).describe()
+    again = DiffusionDenoiser(tiny_unet(seed=1), scheduler, sigma=0.5).describe()
+    assert a["weights_sha1"] != b["weights_sha1"] and a == again

@@ -298,10 +298,23 @@ class DiffusionDenoiser:
 
         config = getattr(self.model, "config", None)
         config = config if isinstance(config, Mapping) else None
-        params = sum(p.numel() for p in self.model.parameters()) \
-            if isinstance(self.model, torch.nn.Module) else None
+        module = isinstance(self.model, torch.nn.Module)
+        params = sum(p.numel() for p in self.model.parameters()) if module else None
+        if module and getattr(self, "_weights_sha1", None) is None:
+            # The weights identify the denoiser (two checkpoints of one architecture must not
+            # describe themselves alike); hashed once, on the CPU.
+            digest = hashlib.sha1()
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8)
+                              .numpy().tobytes())
+            self._weights_sha1 = digest.hexdigest()[:12]
         return {
             "kind": "diffusion", "name": self.name, "model": type(self.model).__name__,
+            # A plain callable is known by its module and name only: give it a distinct `name`.
+            "callable": None if module else
+            f"{getattr(self.model, '__module__', '')}.{getattr(self.model, '__qualname__', '')}",
+            "weights_sha1": getattr(self, "_weights_sha1", None) if module else None,
             "config_sha1": None if config is None else _sha1(json.dumps(
                 {k: v for k, v in dict(config).items() if not str(k).startswith("_")},
                 sort_keys=True, default=str).encode()),
