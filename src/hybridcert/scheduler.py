@@ -52,6 +52,7 @@ from ._validation import check_int
 from .record import Certificate
 from .sampling import LabelCounts, check_labels, count_labels
 from .smoothing import SmoothedClassifier, _Job
+from .streams import concat_batches
 
 __all__ = ["LookScheduler"]
 
@@ -312,8 +313,8 @@ class LookScheduler:
         total = sum(sizes)
         model = smoothed.base_classifier
         try:
-            labels = check_labels(model(_concat([t for t, _ in drawn]),
-                                        _concat([c for _, c in drawn])), total, num_classes)
+            labels = check_labels(model(concat_batches([t for t, _ in drawn]),
+                                        concat_batches([c for _, c in drawn])), total, num_classes)
         except Exception:   # served again owner by owner: count_labels says whose sample failed
             labels = None
         edges = np.cumsum([0, *sizes])
@@ -369,15 +370,4 @@ def _batch_key(inputs) -> tuple:
     return (kind(inputs.tokens), type(like).__module__, str(getattr(like, "device", "")),
             kind(inputs.cont))
 
-
-def _concat(parts):
-    if parts[0] is None:
-        return None
-    if len(parts) == 1:
-        return parts[0]
-    if type(parts[0]).__module__.startswith("torch"):
-        import torch
-
-        return torch.cat(list(parts))
-    return np.concatenate(parts)
 

@@ -93,7 +93,7 @@ class NoiseStream:
             tok, cont = self._block(phase, b, hi - lo)
             a, z = max(start, lo) - lo, min(stop, hi) - lo
             pieces.append((None if tok is None else tok[a:z], None if cont is None else cont[a:z]))
-        return _concat([p[0] for p in pieces]), _concat([p[1] for p in pieces])
+        return concat_batches([p[0] for p in pieces]), concat_batches([p[1] for p in pieces])
 
     @staticmethod
     def describe(block_max: int = _BLOCK_MAX) -> dict:
@@ -115,7 +115,8 @@ def _root(random_state) -> np.random.SeedSequence:
                     f"got {type(random_state).__name__}")
 
 
-def _concat(parts):
+def concat_batches(parts):
+    """Batches (numpy or torch, or ``None`` for an absent part) joined along the first axis."""
     if parts[0] is None:
         return None
     if len(parts) == 1:

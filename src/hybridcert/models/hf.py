@@ -168,6 +168,21 @@ class _HFGuard:
     text, as the model sees them) and implement ``_decide``.
     """
 
+    _auto_model: str | None = None  # the transformers Auto class a text guard loads with
+
+    @classmethod
+    def _load_text_guard(cls, name_or_path, *, device: str = "cpu", dtype=None,
+                         load_in_4bit: bool = False, **kwargs):
+        """Model (``cls._auto_model``) and tokenizer through the Auto classes (hub name or path)."""
+        import transformers
+
+        dtype = resolve_dtype(dtype, device)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name_or_path)
+        model = getattr(transformers, cls._auto_model).from_pretrained(
+            name_or_path, **_load_options(device, dtype, load_in_4bit))
+        return cls(model, tokenizer, device=device, dtype=None if load_in_4bit else dtype,
+                   **kwargs)
+
     task: str = ""
     continuous = False  # whether the guard reads a continuous input (an image)
 
@@ -788,18 +803,13 @@ class HFTextGuard(_ChatGuard):
                            answer_prefix=[int(t) for t in prefix_ids])
         self.alphabet = self._ordinary_tokens(alphabet_max_chars)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str = "cpu",
-                        dtype=None, load_in_4bit: bool = False, **kwargs) -> HFTextGuard:
-        """Load model and tokenizer through the Auto classes (a hub name or a local path)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    _auto_model = "AutoModelForCausalLM"
 
-        dtype = resolve_dtype(dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, **_load_options(device, dtype, load_in_4bit))
-        return cls(model, tokenizer, device=device, dtype=None if load_in_4bit else dtype,
-                   **kwargs)
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> HFTextGuard:
+        """Load model and tokenizer through the Auto classes (a hub name or a local path);
+        ``device``, ``dtype``, ``load_in_4bit`` and the constructor's options as keywords."""
+        return cls._load_text_guard(name_or_path, **kwargs)
 
     def _probe_answer_prefix(self, probe: str = "hello", most: int = 4) -> list[int]:
         """The blank tokens the model greedily writes first after the prompt (see
@@ -880,18 +890,13 @@ class HFSequenceGuard(_HFGuard):
         self._flagged_index = torch.as_tensor(self.flagged, device=device)
         self.alphabet = self._ordinary_tokens(alphabet_max_chars)
 
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str = "cpu",
-                        dtype=None, load_in_4bit: bool = False, **kwargs) -> HFSequenceGuard:
-        """Load model and tokenizer through the Auto classes (a hub name or a local path)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    _auto_model = "AutoModelForSequenceClassification"
 
-        dtype = resolve_dtype(dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, **_load_options(device, dtype, load_in_4bit))
-        return cls(model, tokenizer, device=device, dtype=None if load_in_4bit else dtype,
-                   **kwargs)
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> HFSequenceGuard:
+        """Load model and tokenizer through the Auto classes (a hub name or a local path);
+        ``device``, ``dtype``, ``load_in_4bit`` and the constructor's options as keywords."""
+        return cls._load_text_guard(name_or_path, **kwargs)
 
     def _special_frame(self, probe: str = "hello world") -> tuple[list[int], list[int]]:
         """The special tokens the tokenizer puts before and after a text (``[CLS]``, ``[SEP]``)."""
