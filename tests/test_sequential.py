@@ -185,3 +185,41 @@ def test_frontier_converged_abstains_early_and_waits_for_radii():
     # A narrow interval at n_max: nothing left to gain.
     mid = 0.7
     assert frontier_converged(mid, mid + 1e-6, cs, sigma=0.5, tau=0.05, atoms=atoms, rtol=0.02)[0]
+
+
+def test_bracket_root_ends_above_the_root_whatever_the_values():
+    """The answer is a point found above the root, within xtol of it; misleading values only slow it."""
+    from hybridcert.sequential import _bracket_root
+
+    roots = np.array([-3.0, -0.25, 0.0, 1e-13, 2.5, 8.999])
+    rng = np.random.default_rng(0)
+    honest = _bracket_root(lambda z: (np.tanh(z - roots), z > roots), np.full(6, -4.0),
+                           np.full(6, 9.0), 64)
+    liar = _bracket_root(lambda z: (rng.normal(size=z.shape), z > roots), np.full(6, -4.0),
+                         np.full(6, 9.0), 200)
+    for found in (honest, liar):
+        assert np.all(found > roots) and np.all(found - roots <= 1e-12 + 1e-15)
+    # No root in the bracket: hi is kept (the caller reads it as "never certifies").
+    kept = _bracket_root(lambda z: (z - 20.0, z > 20.0), np.zeros(2), np.full(2, 9.0), 64)
+    assert np.all(kept == 9.0)
+
+
+def test_thresholds_match_a_full_bisection_and_never_undercut_it(thresholds):
+    """The bracketing search returns p* no smaller than 64 bisection steps would, to 1e-12."""
+    from scipy.special import ndtr, ndtri
+
+    for d in range(3):
+        opts = [spec_atoms(k) for k in range(d + 1)]
+
+        def worst(p, opts=opts):
+            return np.min([[hc.worst_case_probability(p, sigma=0.5, atoms=a, radius=RADII) for a in o]
+                           for o in opts], axis=(0, 1))
+
+        lo, hi = np.full(RADII.size, ndtri(0.05)), np.full(RADII.size, 9.0)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            good = worst(ndtr(mid)) > 0.05
+            hi, lo = np.where(good, mid, hi), np.where(good, lo, mid)
+        assert np.all(thresholds[d] >= ndtr(hi) - 1e-15)
+        np.testing.assert_allclose(thresholds[d], ndtr(hi), rtol=1e-11)
+        assert np.all(worst(thresholds[d]) > 0.05)

@@ -41,7 +41,7 @@ power, not soundness, and ``alpha`` is spent on the lower side alone.
 Decisions. A *target* ``(d, r)`` asks "is ``p_A(x') >= tau`` for every input
 within ``d`` discrete changes and L2 shift ``r``?". The answer is yes as soon
 as ``L >= p*(d, r)``, the smallest lower bound that certifies the target
-(:func:`certification_thresholds`, found by bisection on the proved
+(:func:`certification_thresholds`, found by a bracketing search on the proved
 worst-case probability ``V_d(r)`` and rounded up, so a decision by threshold
 is never larger than the certificate). A target is *dropped* as hopeless
 when the upper bound ``U`` falls below ``p_reach(d, r)``: even if ``p_A``
@@ -214,10 +214,12 @@ def certification_thresholds(
     Certifying ``(d, r)`` means ``V_{d'}(r) > tau`` for every ``d' <= d`` (an
     attacker may change fewer positions) and every attacker option of the
     budget. ``V`` is non-decreasing in ``p_A``, so the set of certifying
-    values is an interval ``[p*, 1]``; ``p*`` is found by bisection in probit
+    values is an interval ``[p*, 1]``; ``p*`` is found in probit
     space on :func:`~hybridcert.worst_case_probability` (a proved lower bound
-    of ``V``) and the upper end of the final bracket is returned: ``V(p*)``
-    provably exceeds ``tau`` (rounding up, the safe side).
+    of ``V``), by a bracketing search (regula falsi with the Illinois step,
+    a few evaluations instead of 64 bisections), and the upper end of the
+    final bracket is returned: ``V(p*)`` provably exceeds ``tau`` (rounding
+    up, the safe side).
 
     Parameters
     ----------
@@ -231,7 +233,8 @@ def certification_thresholds(
         The attacker's options at each budget (for instance
         ``lambda d: hybridcert.noise.attack_atoms(spec, d)``).
     iterations : int
-        Bisection steps (64 reach the resolution of float64 in probit space).
+        Most steps of the bracketing search (:func:`_bracket_root`; it stops
+        once the bracket is narrower than ``1e-12`` in probit space).
 
     Returns
     -------
@@ -259,16 +262,62 @@ def certification_thresholds(
         ok_at_one = worst(np.ones(r.size)) > tau
         lo = np.full(r.size, float(ndtri(tau)))          # V(tau) <= tau: never certifies
         hi = np.full(r.size, 9.0)                         # Phi(9) = 1 - 1e-19 -> 1.0 in float64
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            good = worst(ndtr(mid)) > tau
-            hi = np.where(good, mid, hi)
-            lo = np.where(good, lo, mid)
+
+        def excess(z, worst=worst):
+            # Interpolated in probit-probit space, where V is nearly linear (exactly so for
+            # Gaussian-only smoothing); the side is decided by the exact comparison V > tau.
+            v = worst(ndtr(z))
+            with np.errstate(divide="ignore"):
+                return np.clip(ndtri(v) - ndtri(tau), -40.0, 40.0), v > tau
+
+        hi = _bracket_root(excess, lo, hi, iterations)
         p_star = ndtr(hi)
         proved = worst(p_star) > tau
         p_star = np.where(proved, p_star, np.where(ok_at_one, 1.0, np.inf))
         out[d, usable] = np.where(ok_at_one, p_star, np.inf)
     return np.maximum.accumulate(out, axis=0)
+
+
+def _bracket_root(g, lo, hi, iterations: int, xtol: float = 1e-12,
+                  root_tol: float = 1e-12) -> np.ndarray:
+    """The upper end of a bracket ``[lo, hi]`` of the root of a non-decreasing function, narrowed.
+
+    ``g(z)`` returns ``(value, above)``: the function's value, used only to
+    place the next point, and where the point lies above the root, decided
+    exactly by the caller. Regula falsi with the Illinois step (the retained
+    end's value is halved when the same end moves twice, which keeps the
+    convergence superlinear), vectorised over independent problems; a step
+    that would leave the open bracket falls back to the midpoint, and a
+    point found just below the root (``value >= -root_tol``) is followed by
+    one a hair above it instead of a crawl towards it. ``hi`` is
+    only ever replaced by a point found ``above``, so the answer is on the
+    safe side whatever the number of steps; a problem whose ``hi`` is not
+    above keeps it (no root in the bracket).
+    """
+    lo, hi = np.array(lo, dtype=float), np.array(hi, dtype=float)
+    (g_lo, _), (g_hi, rooted) = g(lo), g(hi)
+    g_lo = np.minimum(g_lo, 0.0)
+    side = np.zeros(lo.shape, dtype=int)         # +1: hi moved last, -1: lo moved last
+    at_root = np.zeros(lo.shape, dtype=bool)
+    for _ in range(iterations):
+        open_ = rooted & (hi - lo > xtol)
+        if not open_.any():
+            break
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = hi - g_hi * (hi - lo) / (g_hi - g_lo)
+        bad = ~np.isfinite(z) | (z <= lo) | (z >= hi)
+        z = np.where(bad, 0.5 * (lo + hi), z)
+        # lo on the root itself (a value of 0 below it): the answer is just above lo
+        z = np.where(open_, np.where(at_root, np.minimum(lo + 0.5 * xtol, z), z), hi)
+        g_z, above = g(z)
+        up, down = open_ & above, open_ & ~above
+        at_root = down & (g_z >= -root_tol)
+        g_lo = np.where(up & (side == 1), 0.5 * g_lo, g_lo)
+        g_hi = np.where(down & (side == -1), 0.5 * g_hi, g_hi)
+        hi, g_hi = np.where(up, z, hi), np.where(up, np.maximum(g_z, root_tol), g_hi)
+        lo, g_lo = np.where(down, z, lo), np.where(down, np.minimum(g_z, 0.0), g_lo)
+        side = np.where(up, 1, np.where(down, -1, side))
+    return hi
 
 
 def reachable_thresholds(p_star, cs: UnionClopperPearson) -> np.ndarray:
