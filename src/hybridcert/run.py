@@ -57,14 +57,18 @@ class SmoothedBuilder:
     build: Callable | None = field(default=None, repr=False)  # the entry's, carried to workers
     loaded: object = field(default=None, repr=False, compare=False)  # never pickled
     denoiser: object = field(default=None, repr=False, compare=False)  # never pickled
+    task: Task | None = field(default=None, repr=False, compare=False)  # never pickled
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["loaded"] = state["denoiser"] = None  # a worker loads its own replicas
+        # a worker loads its own replicas (and its own data, where the model needs it)
+        state["loaded"] = state["denoiser"] = state["task"] = None
         return state
 
     def load_task(self) -> Task:
         """The data set (for models defined by their training data, such as the demo ones)."""
+        if self.task is not None:  # the plan's, in the process that made the plan
+            return self.task
         return DATA_SOURCES[self.config.data.dataset].load(self.config)
 
     def kernel(self):
@@ -216,7 +220,7 @@ def plan(config: RunConfig) -> Plan:
     builder = SmoothedBuilder(config, rule, vocab_size=task.vocab_size, arities=task.arities,
                               alphabet=task.settings.get("alphabet"), torch_inputs=torch_inputs,
                               build=entry.build, loaded=task.model, denoiser=task.denoiser,
-                              continuous=task.settings.get("continuous", True))
+                              continuous=task.settings.get("continuous", True), task=task)
     return Plan(config, rule, task, builder)
 
 

@@ -61,7 +61,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.stats import binomtest
 
 from . import sequential as seq
 from ._validation import check_int, check_open_unit, check_positive
@@ -240,6 +239,8 @@ class SmoothedClassifier:
             return ABSTAIN
         top2 = np.argsort(-counts, kind="stable")[:2]
         n_a, n_b = int(counts[top2[0]]), int(counts[top2[1]])
+        from scipy.stats import binomtest  # here: importing scipy.stats costs a CLI run ~1 s
+
         if n_a + n_b == 0 or binomtest(n_a, n_a + n_b, 0.5).pvalue > alpha:
             return ABSTAIN
         return int(top2[0])
