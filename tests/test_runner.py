@@ -16,8 +16,8 @@ from hybridcert.models import demo
 from hybridcert.noise import UniformSubstitution
 from hybridcert.rundir import SettingsMismatch, read_results
 from hybridcert.runner import certify_split
-from hybridcert.spec import EstimationSpec
 from hybridcert.smoothing import SmoothedClassifier
+from hybridcert.spec import EstimationSpec
 
 TIMING = {"seconds"}
 
