@@ -89,15 +89,14 @@ def certify_split_ray(
     import ray
 
     policy = RetryPolicy(max_retries)
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
         policy.start(len(todo))
-        if spec.resolved_sampling != "sequential":
-            chunk = 1
-        elif chunk_size is not None:
-            chunk = check_int("chunk_size", chunk_size, minimum=1)
-        else:
-            chunk = max(1, min(256, -(-len(todo) // (2 * workers))))
+        chunk = 1   # fixed sampling: an example per task
+        if spec.resolved_sampling == "sequential":
+            chunk = chunk_size or max(1, min(256, -(-len(todo) // (2 * workers))))
         started_here = not ray.is_initialized()
         if started_here:
             options = {"include_dashboard": False, "log_to_driver": False,

@@ -237,6 +237,7 @@ def certify_dataset(
     n_max: int | None = None,
     targets=None,
     rtol: float | None = None,
+    batch_size: int | str | None = None,
     limit: int | None = None,
     name: str = "my-data",
     progress: bool = True,
@@ -267,7 +268,7 @@ def certify_dataset(
         The estimation settings (:class:`~hybridcert.spec.EstimationSpec`);
         the keywords below override its fields. Its batch size None (the
         default without a spec) records the classifier's.
-    n0, n, alpha, d_max, protocol, sampling, n_max, targets, rtol
+    n0, n, alpha, d_max, protocol, sampling, n_max, targets, rtol, batch_size
         As for :meth:`SmoothedClassifier.certify`; ``targets`` (d, r) pairs
         ask exactly these questions ("is the input certified against ``d``
         changes and radius ``r``?") and stop each example as soon as every
@@ -303,7 +304,8 @@ def certify_dataset(
     # Every check before anything is written: the spec, the classifier against it, the
     # executor's options, the examples and the budget against their attackable positions.
     spec = as_spec(spec, n0=n0, n=n, alpha=alpha, d_max=d_max, protocol=protocol, seed=seed,
-                   sampling=sampling, n_max=n_max, targets=targets, rtol=rtol)
+                   sampling=sampling, n_max=n_max, targets=targets, rtol=rtol,
+                   batch_size=batch_size)
     if spec.batch_size is None:
         spec = spec.replace(batch_size=smoothed.batch_size)
     smoothed.check_spec(spec)

@@ -13,7 +13,6 @@ structured ``describe()``); the estimation part is the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from ._validation import json_safe
@@ -82,6 +81,3 @@ class RunSettings:
             "stream": STREAM_VERSION, "limit": self.limit, "hybridcert": __version__,
         }
         return json_safe(record, "settings")
-
-    def replace(self, **changes) -> RunSettings:
-        return dataclasses.replace(self, **changes)
