@@ -3,7 +3,11 @@
 A certification run is described once, by a frozen :class:`RunConfig` in
 groups (data, model, noise and threat, decision rule, estimation, executor).
 It is built from the command line (:meth:`RunConfig.from_args`) or from
-Python. :meth:`RunConfig.validate` checks every value on its own; a mistake
+Python. The estimation group is the engine's own
+:class:`~hybridcert.spec.EstimationSpec` (``EstimationConfig`` is its other
+name), checked when it is built; its errors reach the command line as
+:class:`ConfigError` naming the ``--flag``. :meth:`RunConfig.validate` checks
+every other value on its own; a mistake
 raises :class:`ConfigError`, a ``ValueError`` that names the argument and what
 is expected. The checks that need the registries of data sets and models
 live in :mod:`hybridcert.registries`; :func:`hybridcert.run.plan` runs both.
