@@ -39,8 +39,9 @@ def main() -> None:
     base = None
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        certify_split(smoothed, split, Path(tmp) / "local", settings, n0=100, n=options.n,
-                      alpha=0.001, d_max=None, limit=options.examples, progress=False)
+        spec = run.config.estimation
+        certify_split(smoothed, split, Path(tmp) / "local", settings, spec,
+                      limit=options.examples, progress=False)
         local = time.perf_counter() - start
         print(f"{'local':<16}{local:>9.2f}{options.examples / local:>12.2f}{'':>10}{'':>14}")
         for workers in (1, 2):
@@ -51,9 +52,8 @@ def main() -> None:
             out = Path(tmp) / f"ray{workers}"
             builder = run.builder
             start = time.perf_counter()
-            certify_split_ray(builder, split, out, settings, n0=100, n=options.n, alpha=0.001,
-                              d_max=None, limit=options.examples, progress=False,
-                              workers=workers)
+            certify_split_ray(builder, split, out, settings, spec, limit=options.examples,
+                              progress=False, workers=workers)
             wall = time.perf_counter() - start
             ray.shutdown()
             inside = sum(r["seconds"] for r in read_results(out / "results.jsonl").values())

@@ -26,10 +26,10 @@ def failing_builder(builder, poison: list):
     smoothed = builder()
     certify = smoothed.certify
 
-    def broken(x_discrete, x_continuous, **kwargs):
+    def broken(x_discrete, x_continuous, *args, **kwargs):
         if np.array_equal(np.asarray(x_discrete), np.asarray(poison)):
             raise RuntimeError("adapter failure on this input")
-        return certify(x_discrete, x_continuous, **kwargs)
+        return certify(x_discrete, x_continuous, *args, **kwargs)
 
     smoothed.certify = broken
     return smoothed

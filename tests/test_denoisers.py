@@ -245,11 +245,12 @@ def test_the_cli_certifies_an_hf_guard_with_a_saved_denoiser_and_records_it(tmp_
             "--no-progress"]
     assert main(argv) == 0
     settings = json.loads((out / "run.json").read_text())
-    assert settings["denoiser"]["name"] == str(tmp_path / "den")
-    assert settings["denoiser"]["noise_level"] == pytest.approx(1.0, rel=0.05)  # 2 sigma
+    denoiser = settings["gaussian"]["denoiser"]
+    assert denoiser["name"] == str(tmp_path / "den")
+    assert denoiser["noise_level"] == pytest.approx(1.0, rel=0.05)  # 2 sigma
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and not any(r["failed"] for r in rows)
-    assert rows[0]["settings"]["gaussian"]["denoiser"] == settings["denoiser"]
+    assert rows[0]["settings"]["gaussian"]["denoiser"] == denoiser
     assert "Denoiser:" in (out / "report.md").read_text()
     assert main(argv) == 0  # the recorded description is stable: the run resumes
 

@@ -8,7 +8,7 @@ import pytest
 MODULES = ["hybridcert.certificate.gaussian", "hybridcert.certificate.hybrid",
            "hybridcert.certificate.frontier", "hybridcert.smoothing", "hybridcert.decision",
            "hybridcert.config", "hybridcert.runner", "hybridcert.calculator",
-           "hybridcert._format", "hybridcert.denoisers"]
+           "hybridcert._format", "hybridcert.denoisers", "hybridcert.spec"]
 
 
 @pytest.mark.parametrize("name", MODULES)

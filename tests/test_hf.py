@@ -404,8 +404,9 @@ def test_cli_hf_options_dtype_auto_batch_and_attacker_alphabet(tiny, tmp_path, c
                  "--out", str(out), "--no-progress", "--no-report", "--limit", "1"]) == 0
     assert "forward batch size settled at 8" in capsys.readouterr().out
     settings = json.loads((out / "run.json").read_text())
-    assert settings["batch_size"] == "auto" and settings["dtype"] == "float32"
-    assert settings["attacker_alphabet"] == "any" and settings["guard"]["image_path"] == "device"
+    assert settings["batch_size"] == "auto" and settings["guard"]["dtype"] == "float32"
+    assert settings["kernel"]["attacker_alphabet"] == "any"
+    assert settings["guard"]["image_path"] == "device"
     [row] = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert row["settings"]["kernel"]["attacker_alphabet"] == "any"
     assert row["settings"]["base_classifier"]["forward_batch_size"] == 8

@@ -39,6 +39,7 @@ from hybridcert.models.hf import (  # noqa: E402
 )
 from hybridcert.noise import AppendOnly, UniformSubstitution  # noqa: E402
 from hybridcert.run import plan  # noqa: E402
+from hybridcert.spec import EstimationSpec  # noqa: E402
 
 LEVEL, N_CERT, N_EVAL = 1e-6, 2000, 4000
 
@@ -176,7 +177,8 @@ def test_flagged_labels_by_name_index_default_and_threshold(bert):
 
 def _run_layer(path, threat="l0", beta=0.9, tau=0.1, threat_size=4, filler=0, **model):
     """The smoothed classifier exactly as ``hybridcert certify`` builds it (plan + builder)."""
-    config = RunConfig(model=ModelConfig(model=f"hf:{path}", batch_size=2000, **model),
+    config = RunConfig(model=ModelConfig(model=f"hf:{path}", **model),
+                       estimation=EstimationSpec(batch_size=2000),
                        noise=NoiseConfig(beta=beta, threat=threat, threat_size=threat_size,
                                          filler=filler),
                        decision=DecisionConfig(tau=tau))
@@ -243,7 +245,7 @@ def test_chat_guard_certificate_survives_appended_allow_words(llama):
     filler = 0
     p, smoothed = _run_layer(llama, threat="append", threat_size=4, filler=filler, tau=0.5)
     guard = smoothed.base_classifier
-    assert isinstance(p.split.x_discrete[0], hc.AppendInput) and p.settings()["filler"] == 0
+    assert isinstance(p.split.x_discrete[0], hc.AppendInput) and p.settings()["threat"]["filler"] == 0
     allow = word_id(guard.tokenizer, ALLOW)
     x = hc.AppendInput(guard.encode_text(f"please {KEYWORD} the fuel"))
     natural = [hc.AppendInput(x.trusted, [allow] * d) for d in range(5)]
@@ -275,7 +277,7 @@ def test_cli_certifies_a_text_guard_on_text_with_append(llama, tmp_path):
                  "--out", str(out), "--no-progress"]) == 0
     settings = json.loads((out / "run.json").read_text())
     assert settings["sigma"] is None and settings["image_size"] is None
-    assert settings["threat"] == "append" and settings["threat_size"] == 3
+    assert settings["threat"] == {"region": "AppendOnly", "max_append": 3, "filler": 0}
     assert settings["guard"]["task"] == "text-generation"
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(not r["failed"] and r["model_calls"] == 64 for r in rows)

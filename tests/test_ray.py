@@ -61,11 +61,11 @@ def test_a_killed_worker_loses_nothing(local_ray, tmp_path):
     split, settings = run.split, run.settings()
     flag = str(tmp_path / "killed-once")
     builder = functools.partial(ray_helpers.killing_builder, run.builder, flag)
-    certify_split_ray(builder, split, tmp_path / "killed", settings, n0=20, n=600, alpha=0.001,
-                      d_max=None, limit=6, progress=False, workers=2)
+    certify_split_ray(builder, split, tmp_path / "killed", settings, run.config.estimation,
+                      limit=6, progress=False, workers=2)
     assert Path(flag).exists()  # a worker really died
-    certify_split(run.builder(), split, tmp_path / "clean", settings, n0=20, n=600, alpha=0.001,
-                  d_max=None, limit=6, progress=False)
+    certify_split(run.builder(), split, tmp_path / "clean", settings, run.config.estimation,
+                  limit=6, progress=False)
     lines = (tmp_path / "killed" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 6 and len({json.loads(x)["id"] for x in lines}) == 6
     assert rows(tmp_path / "killed") == rows(tmp_path / "clean")
@@ -76,8 +76,8 @@ def test_an_example_that_keeps_failing_becomes_a_failed_row(local_ray, tmp_path)
     split, settings = run.split, run.settings()
     poison = [int(t) for t in split.x_discrete[2]]
     builder = functools.partial(ray_helpers.failing_builder, run.builder, poison)
-    certify_split_ray(builder, split, tmp_path / "failing", settings, n0=20, n=600, alpha=0.001,
-                      d_max=None, limit=4, progress=False, workers=2, max_retries=2)
+    certify_split_ray(builder, split, tmp_path / "failing", settings, run.config.estimation,
+                      limit=4, progress=False, workers=2, max_retries=2)
     result = read_results(tmp_path / "failing" / "results.jsonl")
     assert len(result) == 4
     failed = [r for r in result.values() if r.get("failed")]
@@ -89,8 +89,8 @@ def test_the_local_executor_writes_failed_rows_too(tmp_path):
     run = plan_for(tmp_path / "local-failing", 3)
     split, settings = run.split, run.settings()
     smoothed = ray_helpers.failing_builder(run.builder, [int(t) for t in split.x_discrete[1]])
-    certify_split(smoothed, split, tmp_path / "local-failing", settings, n0=20, n=600,
-                  alpha=0.001, d_max=None, limit=3, progress=False, max_retries=1)
+    certify_split(smoothed, split, tmp_path / "local-failing", settings,
+                  run.config.estimation, limit=3, progress=False, max_retries=1)
     result = read_results(tmp_path / "local-failing" / "results.jsonl")
     assert [r.get("failed", False) for r in result.values()] == [False, True, False]
 
@@ -107,3 +107,18 @@ def test_the_driver_builds_no_model(local_ray, tmp_path, monkeypatch):
     assert main([*ARGV, "--executor", "ray", "--limit", "2", "--out", str(tmp_path / "r")]) == 0
     assert len(rows(tmp_path / "r")) == 2
     assert not any(r.get("failed") for r in rows(tmp_path / "r").values())
+
+
+def test_ray_actors_certify_sequential_chunks_like_the_local_executor(local_ray, tmp_path):
+    # Each actor certifies a chunk of examples through its LookScheduler; every example keeps
+    # its noise stream SeedSequence([seed, index]), so the rows are the local executor's.
+    target = ["--target", "1:0.5", "--n-max", "3000"]
+    assert main([*ARGV, *target, "--limit", "6", "--out", str(tmp_path / "local")]) == 0
+    assert main([*ARGV, *target, "--executor", "ray", "--limit", "6",
+                 "--out", str(tmp_path / "ray")]) == 0
+    local, distributed = rows(tmp_path / "local"), rows(tmp_path / "ray")
+    assert sorted(local) == sorted(distributed) and len(local) == 6
+    for key, row in local.items():
+        for field, value in row.items():
+            assert distributed[key][field] == value, (key, field)
+    assert all(r["sampling"] == "sequential" and not r["failed"] for r in local.values())

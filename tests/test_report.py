@@ -74,7 +74,7 @@ def table_cells(block: str) -> dict[str, list[str]]:
 def test_majority_report_words_numbers_and_files(tabular_run):
     run, _ = tabular_run
     settings, rows = load_run(run)
-    assert settings["decision"] == "majority" and settings["kernel"] == "categorical"
+    assert settings["decision"] == "majority" and settings["kernel"]["kernel"] == "categorical"
     text = (run / "report.md").read_text()
     for png in report.FIGURES:
         blob = (run / png).read_bytes()

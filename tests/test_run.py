@@ -18,14 +18,16 @@ from hybridcert.run import plan
 from hybridcert.rundir import RunLocked, SettingsMismatch, locked, read_results
 from hybridcert.runner import certify_dataset
 
-DEFAULT_RUN_JSON = {  # what `hybridcert certify` recorded before the run layer (issue 12)
-    "alpha": 0.001, "attacker_alphabet": "any", "filler": None, "baseline": "none",
-    "batch_size": 1000, "beta": 0.25, "d_max": None,
-    "dataset": "mm-interaction", "decision": "threshold", "hybridcert": hc.__version__,
-    "kernel": "uniform", "limit": None, "model": "demo", "n": 10000, "n0": 100,
-    "num_classes": 2, "protocol": "shared", "seed": 0, "sigma": 0.5, "target_label": 1,
-    "tau": 0.05, "threat": "l0", "threat_size": None, "stream": "counter-v1", "sampling": "fixed",
-    "n_max": None,
+DEFAULT_RUN_JSON = {  # the one settings record (RunSettings) of `hybridcert certify`'s defaults
+    "alpha": 0.001, "batch_size": 1000, "d_max": None, "data": None, "dataset": "mm-interaction",
+    "decision": "threshold", "gaussian": {"clamp": None, "denoiser": None, "sigma": 0.5},
+    "guard": None, "hybridcert": hc.__version__, "image_size": None,
+    "kernel": {"attacker_alphabet": "any", "beta": 0.25, "kernel": "uniform",
+               "restricted_alphabet": False, "vocab_size": 51},
+    "limit": None, "model": "demo", "model_fingerprint": None, "multiclass_rule": "half",
+    "n": 10000, "n0": 100, "n_max": None, "num_classes": 2, "protocol": "shared", "rtol": 0.02,
+    "sampling": "fixed", "seed": 0, "sigma": 0.5, "stream": "counter-v1", "target_label": 1,
+    "targets": None, "tau": 0.05, "threat": {"region": "L0Anywhere"},
 }
 
 

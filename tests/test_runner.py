@@ -17,6 +17,7 @@ from hybridcert.noise import UniformSubstitution
 from hybridcert.rundir import SettingsMismatch, read_results
 from hybridcert.runner import certify_split
 from hybridcert.smoothing import SmoothedClassifier
+from hybridcert.spec import EstimationSpec
 
 TIMING = {"seconds"}
 
@@ -34,8 +35,9 @@ def setup():
 def run(setup, out, limit, **extra):
     data, smooth, settings = setup
     # Like the CLI, record the limit among the settings: it may differ between runs.
-    return certify_split(smooth, data.test, out, {**settings, **extra, "limit": limit}, n0=50, n=400,
-                         alpha=0.01, d_max=3, seed=7, limit=limit, progress=False)
+    return certify_split(smooth, data.test, out, {**settings, **extra, "limit": limit},
+                         EstimationSpec(n0=50, n=400, alpha=0.01, d_max=3, seed=7), limit=limit,
+                         progress=False)
 
 
 def rows_without_timing(path):

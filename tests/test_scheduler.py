@@ -166,18 +166,19 @@ def test_settings_only_work_is_done_once_per_run():
 
 def test_the_runner_certifies_sequential_runs_through_the_scheduler(tmp_path):
     from hybridcert.runner import RESULTS, as_split, certify_split, read_results, run_one
+    from hybridcert.spec import EstimationSpec
 
     sm = smoothed("threshold")
     xs = [(TOKENS, np.full((3, 3), v), i % 2) for i, v in enumerate(LEVELS)]
-    kwargs = {"n0": 100, "n": 1, "alpha": 0.01, "d_max": 2, "protocol": "shared", "seed": 3,
-              "sampling": "sequential", "n_max": 4000}
-    settings = {"run": "test", **sm.settings_for(alpha=0.01, d_max=2, sampling="sequential")}
+    spec = EstimationSpec(n0=100, alpha=0.01, d_max=2, seed=3, sampling="sequential",
+                          n_max=4000)
+    settings = {"run": "test", **sm.settings_for(spec)}
     split = as_split(xs)
-    certify_split(sm, split, tmp_path, settings, limit=2, progress=False, **kwargs)
-    certify_split(sm, split, tmp_path, settings, progress=False, **kwargs)   # resumes
+    certify_split(sm, split, tmp_path, settings, spec, limit=2, progress=False)
+    certify_split(sm, split, tmp_path, settings, spec, progress=False)   # resumes
     rows = read_results(tmp_path / RESULTS)
     assert sorted(rows) == [str(i) for i in range(len(xs))]
     for i, (x_d, x_c, y) in enumerate(xs):
-        alone_row = run_one(sm, i, str(i), y, x_d, x_c, start=0.0, **kwargs)
+        alone_row = run_one(sm, i, str(i), y, x_d, x_c, spec, start=0.0)
         got = {k: v for k, v in rows[str(i)].items() if k != "seconds"}
         assert got == {k: v for k, v in alone_row.items() if k != "seconds"}

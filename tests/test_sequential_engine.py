@@ -194,11 +194,11 @@ def test_frontier_mode_abstains_early_and_otherwise_tracks_the_fixed_frontier():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(sampling="adaptive"), "sampling must be one of"),
-    (dict(sampling="sequential", protocol="per_budget"), "shared protocol"),
+    (dict(sampling="sequential", protocol="per_budget"), "protocol must be shared"),
     (dict(sampling="sequential", n_max=0), "n_max"),
     (dict(sampling="sequential", rtol=0), "rtol"),
     (dict(sampling="sequential", targets=[(9, 0.5)]), "budget d must be an integer"),
-    (dict(sampling="sequential", targets=[-1.0]), "radius must be finite"),
+    (dict(sampling="sequential", targets=[-1.0]), "radius r >= 0"),
     (dict(sampling="sequential", targets="everything"), "targets must be"),
 ])
 def test_sequential_arguments_are_checked(kwargs, message):

@@ -158,7 +158,7 @@ def test_abstentions_and_exceptions_count_against_the_label():
     (dict(d_max=7), r"d_max \(7\) exceeds the attackable positions \(6\)"),
     (dict(n0=0), "n0 must be an integer >= 1"),
     (dict(n=0), "n must be an integer >= 1"),
-    (dict(alpha=0.0), r"alpha must lie in the open interval \(0, 1\)"),
+    (dict(alpha=0.0), r"alpha must be a number in the open interval \(0, 1\)"),
     (dict(protocol="loop"), "protocol must be one of"),
 ])
 def test_bad_input_is_named(kwargs, match):

@@ -114,3 +114,122 @@ def _scalar(name: str, value) -> float:
 
 def _show(arr: np.ndarray, bad: np.ndarray) -> str:
     return repr(float(arr[bad].flat[0])) if arr.ndim else repr(float(arr))
+
+
+# --------------------------------------------------------------------------- declarative constraints
+# scikit-learn's ``_parameter_constraints`` style: a class states, per parameter, the constraints
+# of which one must hold; :func:`validate_params` checks them all and names what failed.
+
+
+class ParameterError(ValueError):
+    """A parameter outside its valid range; ``name``, ``expected`` and ``got`` say which and why."""
+
+    def __init__(self, name: str, expected: str, got):
+        self.name, self.expected, self.got = name, expected, got
+        super().__init__(f"{name} must be {expected}, got {got!r}")
+
+
+class Interval:
+    """A finite number of a kind (``numbers.Integral`` or ``numbers.Real``) between bounds.
+
+    ``closed`` is ``"left"``, ``"right"``, ``"both"`` or ``"neither"``; a bound
+    of None is open-ended. Bools are never numbers here, and NaN and infinities
+    never lie in an interval.
+    """
+
+    def __init__(self, kind: type, left: float | None, right: float | None, *,
+                 closed: str = "both"):
+        if kind not in (numbers.Integral, numbers.Real):
+            raise ValueError(f"kind must be numbers.Integral or numbers.Real, got {kind!r}")
+        if closed not in ("left", "right", "both", "neither"):
+            raise ValueError(f"closed must be left, right, both or neither, got {closed!r}")
+        self.kind, self.left, self.right, self.closed = kind, left, right, closed
+
+    def is_satisfied_by(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        if not np.isfinite(float(value)):
+            return False
+        if self.left is not None and (value < self.left or (
+                value == self.left and self.closed not in ("left", "both"))):
+            return False
+        return self.right is None or value < self.right or (
+            value == self.right and self.closed in ("right", "both"))
+
+    def __str__(self) -> str:
+        what = "an integer" if self.kind is numbers.Integral else "a number"
+        lo = None if self.left is None else ("<=" if self.closed in ("left", "both") else "<")
+        hi = None if self.right is None else ("<=" if self.closed in ("right", "both") else "<")
+        if lo and hi:
+            if self.closed == "neither":
+                return f"{what} in the open interval ({self.left}, {self.right})"
+            if self.closed == "both":
+                return f"{what} in [{self.left}, {self.right}]"
+            return f"{what} with {self.left} {lo} x {hi} {self.right}"
+        if lo:
+            return f"{what} {'>=' if lo == '<=' else '>'} {self.left}"
+        if hi:
+            return f"{what} {hi} {self.right}"
+        return f"a finite {'integer' if self.kind is numbers.Integral else 'number'}"
+
+
+class Options:
+    """One of a fixed set of values (compared with ``==``; bools only match bools)."""
+
+    def __init__(self, options):
+        self.options = tuple(options)
+
+    def is_satisfied_by(self, value) -> bool:
+        return any(isinstance(value, str) == isinstance(o, str) and
+                   isinstance(value, bool) == isinstance(o, bool) and value == o
+                   for o in self.options)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(str(o) for o in self.options)
+
+
+def validate_params(params: dict, constraints: dict) -> None:
+    """Check each of ``params`` against its constraints; raise :class:`ParameterError`.
+
+    ``constraints`` maps a name to a list of constraint objects (:class:`Interval`,
+    :class:`Options`, a type) or ``None`` (the value None is allowed), of which one
+    must hold.
+    """
+    for name, allowed in constraints.items():
+        value = params[name]
+        if any((c is None and value is None) or
+               (isinstance(c, type) and isinstance(value, c)) or
+               (hasattr(c, "is_satisfied_by") and c.is_satisfied_by(value)) for c in allowed):
+            continue
+        words = [str(c) for c in allowed if c is not None and not isinstance(c, type)]
+        words += [f"a {c.__name__}" for c in allowed if isinstance(c, type)]
+        if None in allowed:
+            words.append("None")
+        raise ParameterError(name, " or ".join(words), value)
+
+
+def json_safe(value, where: str = "value"):
+    """``value`` in plain JSON types (numpy scalars and arrays converted, tuples as lists).
+
+    Raises ``ValueError`` naming the offending entry for anything JSON cannot
+    hold (an object, a non-string key), so that a record
+    is refused before anything is written rather than crashing half-written.
+    """
+    if isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value   # Python's json writes and reads back NaN and infinities
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{where} has a key {key!r} that is not a string; JSON needs "
+                                 "string keys")
+            out[key] = json_safe(item, f"{where}[{key!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    raise ValueError(f"{where} is a {type(value).__name__} ({value!r}), which JSON cannot hold; "
+                     "record plain numbers, strings, lists and dicts")

@@ -135,7 +135,8 @@ def _add_certify(commands, common) -> None:
       metavar="D:R", help="ask one question: is the input certified against D changed tokens "
       "and an L2 radius R? (repeatable; sequential sampling stops as soon as each is certified "
       "or out of reach)")
-    a("--n-max", type=int, default=100_000, help="most samples under --sampling sequential")
+    a("--n-max", type=int, default=None, help="most samples under --sampling sequential "
+      "(100000)")
     a("--seed", type=int, default=0, help="seed of data, model and noise (0)")
     a("--threads", type=int, default=None, help="torch threads (default: the CPUs this "
       "process may use minus the load on them)")

@@ -3,7 +3,11 @@
 A certification run is described once, by a frozen :class:`RunConfig` in
 groups (data, model, noise and threat, decision rule, estimation, executor).
 It is built from the command line (:meth:`RunConfig.from_args`) or from
-Python. :meth:`RunConfig.validate` checks every value on its own; a mistake
+Python. The estimation group is the engine's own
+:class:`~hybridcert.spec.EstimationSpec` (``EstimationConfig`` is its other
+name), checked when it is built; its errors reach the command line as
+:class:`ConfigError` naming the ``--flag``. :meth:`RunConfig.validate` checks
+every other value on its own; a mistake
 raises :class:`ConfigError`, a ``ValueError`` that names the argument and what
 is expected. The checks that need the registries of data sets and models
 live in :mod:`hybridcert.registries`; :func:`hybridcert.run.plan` runs both.
@@ -18,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validation import ParameterError
+from .spec import AUTO_BATCH, PROTOCOLS, SAMPLINGS, EstimationSpec  # noqa: F401 (re-exported)
+
 __all__ = ["ConfigError", "DataConfig", "DecisionConfig", "EstimationConfig", "ExecutorConfig",
            "ModelConfig", "NoiseConfig", "RunConfig"]
 
@@ -25,14 +32,13 @@ KERNELS = ("uniform", "absorbing")
 THREATS = ("l0", "suffix", "append")
 BASELINES = ("none", "image-only", "text-only")
 DECISIONS = ("auto", "threshold", "majority")
-PROTOCOLS = ("shared", "per_budget")
 EXECUTORS = ("local", "ray")
 HF_RULES = ("logit_mass", "generate")
 HF_TASKS = ("auto", "image-text-to-text", "text-generation", "text-classification")
 ATTACKER_ALPHABETS = ("any", "noise")
-SAMPLINGS = ("fixed", "sequential")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-AUTO_BATCH = 1024  # noise samples per engine batch under --batch-size auto
+# The command-line flag of a spec argument whose name does not spell it.
+_FLAGS = {"targets": "--target"}
 
 
 def parse_batch_size(text: str) -> int | str:
@@ -48,6 +54,10 @@ class ConfigError(ValueError):
         shown = "" if got is None else f", got {got!r}"
         super().__init__(f"{argument}: expected {expected}{shown}")
 
+    @classmethod
+    def from_parameter(cls, err: ParameterError) -> ConfigError:
+        """A library argument error as the command line says it: named by its ``--flag``."""
+        return cls(_FLAGS.get(err.name, "--" + err.name.replace("_", "-")), err.expected, err.got)
 
 
 # --------------------------------------------------------------------------- the configuration
@@ -101,7 +111,6 @@ class ModelConfig:
     device: str = "cpu"
     dtype: str = "auto"
     cache_dir: str | None = None
-    batch_size: int | str = 1000  # "auto": hf: guards settle their forward batch themselves
 
 
 @dataclass(frozen=True)
@@ -128,30 +137,13 @@ class DecisionConfig:
     target_label: int = 1
 
 
-@dataclass(frozen=True)
-class EstimationConfig:
-    """Statistics of every example: selection and estimation samples, alpha, budgets, seed."""
-
-    n0: int = 100
-    n: int = 10_000
-    alpha: float = 0.001
-    d_max: int | None = None
-    protocol: str = "shared"
-    seed: int = 0
-    sampling: str | None = None  # None: "sequential" when targets are given, else "fixed"
-    n_max: int = 100_000
-    targets: tuple[tuple[int, float], ...] | None = None  # (d, r) questions, sequential only
-
-    @property
-    def resolved_sampling(self) -> str:
-        """The sampling rule: as given, else sequential when targets are asked, else fixed."""
-        if self.sampling is not None:
-            return self.sampling
-        return "sequential" if self.targets else "fixed"
+# The estimation options are the engine's own spec (one definition, checked on construction).
+EstimationConfig = EstimationSpec
 
 
 def parse_target(text: str) -> tuple[int, float]:
-    """``--target D:R``: a discrete budget ``D`` (integer >= 0) and an L2 radius ``R`` >= 0."""
+    """``--target D:R``: a discrete budget ``D`` (integer >= 0) and an L2 radius ``R``; the
+    spec checks the pair (:class:`~hybridcert.spec.EstimationSpec`)."""
     d, sep, r = text.partition(":")
     try:
         if not sep or not d.strip().isdigit():
@@ -160,8 +152,6 @@ def parse_target(text: str) -> tuple[int, float]:
     except ValueError:
         raise ConfigError("--target", "D:R, a budget D (integer >= 0) and a radius R >= 0, "
                           "such as 1:0.5", text) from None
-    if not np.isfinite(radius) or radius < 0:
-        raise ConfigError("--target", "D:R with a finite radius R >= 0", text)
     return budget, radius
 
 
@@ -213,9 +203,10 @@ class RunConfig:
             return kind(**{f.name: given[f.name] for f in dataclasses.fields(kind)
                            if f.name in given})
 
-        estimation = group(EstimationConfig)
-        if estimation.targets is not None:
-            estimation = dataclasses.replace(estimation, targets=tuple(estimation.targets))
+        try:
+            estimation = group(EstimationSpec)
+        except ParameterError as err:
+            raise ConfigError.from_parameter(err) from None
         return cls(data=group(DataConfig), model=group(ModelConfig), noise=group(NoiseConfig),
                    decision=group(DecisionConfig), estimation=estimation,
                    executor=dataclasses.replace(group(ExecutorConfig),
@@ -248,9 +239,7 @@ class RunConfig:
             if d.label_column is not None:
                 raise ConfigError("--constant-label", "either a label column or a constant "
                                   "label, not both", d.constant_label)
-        if m.batch_size != "auto":
-            _positive_int("--batch-size", m.batch_size)
-        elif not m.model.startswith("hf:"):
+        if e.batch_size == "auto" and not m.model.startswith("hf:"):
             raise ConfigError("--batch-size", "an integer (--batch-size auto applies to hf: "
                               "guards)", "auto")
         _choice("--hf-rule", m.hf_rule, HF_RULES)
@@ -278,39 +267,12 @@ class RunConfig:
         _choice("--decision", r.decision, DECISIONS)
         _unit_interval("--tau", r.tau, "a number in the open interval (0, 1)")
         _int("--target-label", r.target_label, minimum=0)
-        _positive_int("--n0", e.n0)
-        _positive_int("--n", e.n)
-        _unit_interval("--alpha", e.alpha, "a number in the open interval (0, 1)")
-        _int("--d-max", e.d_max, minimum=0, optional=True)
-        _choice("--protocol", e.protocol, PROTOCOLS)
-        if e.sampling is not None:
-            _choice("--sampling", e.sampling, SAMPLINGS)
-        if e.targets is not None:
-            if e.sampling == "fixed":
-                raise ConfigError("--target", "no --sampling fixed: a target is a question that "
-                                  "sequential sampling answers", "with --sampling fixed")
-            if not e.targets:
-                raise ConfigError("--target", "at least one D:R", "none")
-            for t in e.targets:
-                if (not isinstance(t, tuple | list) or len(t) != 2 or isinstance(t[0], bool)
-                        or not isinstance(t[0], int | np.integer) or t[0] < 0
-                        or isinstance(t[1], bool) or not isinstance(t[1], int | float)
-                        or not np.isfinite(t[1]) or t[1] < 0):
-                    raise ConfigError("--target", "(d, r) pairs: an integer budget d >= 0 and "
-                                      "a finite radius r >= 0", t)
-            if e.d_max is not None and max(d for d, _ in e.targets) > e.d_max:
-                raise ConfigError("--target", f"budgets at most --d-max {e.d_max}",
-                                  max(d for d, _ in e.targets))
-        if e.resolved_sampling == "sequential" and e.protocol != "shared":
-            raise ConfigError("--protocol", "shared with sequential sampling (per_budget is a "
-                              "fixed-n cost baseline)", e.protocol)
-        _positive_int("--n-max", e.n_max)
-        _int("--seed", e.seed, minimum=0)
         _choice("--executor", x.executor, EXECUTORS)
         _positive_int("--workers", x.workers)
         _positive("--cpus-per-worker", x.cpus_per_worker)
-        if not isinstance(x.gpus_per_worker, (int, float)) or x.gpus_per_worker < 0:
-            raise ConfigError("--gpus-per-worker", "a number >= 0", x.gpus_per_worker)
+        if isinstance(x.gpus_per_worker, bool) or not isinstance(x.gpus_per_worker, (int, float)) \
+                or not np.isfinite(x.gpus_per_worker) or x.gpus_per_worker < 0:
+            raise ConfigError("--gpus-per-worker", "a finite number >= 0", x.gpus_per_worker)
         _positive_int("--max-in-flight", x.max_in_flight, optional=True)
         _positive_int("--threads", x.threads, optional=True)
         _int("--max-retries", x.max_retries, minimum=0)

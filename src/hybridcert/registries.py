@@ -308,7 +308,7 @@ def _load_hf_guard(config: RunConfig):
     try:
         return load_guard(m.model.split(":", 1)[1], task=m.hf_task, policy=m.policy,
                           rule=m.hf_rule, flagged=m.hf_flagged, device=m.device, dtype=m.dtype,
-                          max_batch_size="auto" if m.batch_size == "auto" else None)
+                          max_batch_size="auto" if config.estimation.batch_size == "auto" else None)
     except OSError as err:
         raise ConfigError("--model", "hf:NAME_OR_PATH of a Hugging Face guard with its processor "
                           f"or tokenizer ({type(err).__name__}: {str(err).splitlines()[0]})",

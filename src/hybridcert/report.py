@@ -281,19 +281,34 @@ def attacker_sentence(settings: dict, rows: list[dict]) -> str:
 
 
 def _settings_line(s: dict) -> str:
+    s = {**s, **noise_words(s)}
     keys = ["dataset", "model", "kernel", "beta", "sigma", "decision", "tau", "alpha", "n0", "n",
             "d_max", "threat", "protocol", "seed"]
     if is_threshold(s):
         keys.remove("n0")  # the threshold rule fixes the label: no selection samples are drawn
-    if s.get("baseline") not in (None, "none"):
-        keys.insert(2, "baseline")
     line = "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
-    den = s.get("denoiser")
+    den = (s.get("gaussian") or {}).get("denoiser")
     if isinstance(den, dict):  # denoised smoothing: what post-processed each noisy image
         line += (f". Denoiser: {den.get('name')}, one step at timestep {den.get('timestep')} "
                  f"(noise level {den.get('noise_level')} in its [-1, 1] scale), resolution "
                  f"{den.get('resolution')}")
     return line
+
+
+def noise_words(settings: dict) -> dict:
+    """``kernel``, ``beta`` and ``threat`` of ``run.json`` in words: the recorded kernel and
+    threat are their ``describe()`` dicts (``kernel = none``: no token noise, an image-only
+    baseline)."""
+    kernel, threat = settings.get("kernel"), settings.get("threat")
+    words = {"kernel": "none", "beta": None}
+    if isinstance(kernel, dict):
+        words.update(kernel=kernel.get("kernel"), beta=kernel.get("beta"))
+    if isinstance(threat, dict):
+        region = threat.get("region")
+        words["threat"] = {"L0Anywhere": "l0",
+                           "InPlaceSuffix": f"suffix of {threat.get('length')}",
+                           "AppendOnly": f"append of {threat.get('max_append')}"}.get(region, region)
+    return words
 
 
 def cost_lines(rows: list[dict], settings: dict) -> list[str]:
@@ -338,7 +353,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     lines = [f"# Certification report: `{settings.get('dataset', run_dir.name)}`", "",
              _settings_line(settings), "", coverage_sentence(settings, len(rows), failed), "",
              attacker_sentence(settings, rows), ""]
-    if settings.get("targets"):  # a run that asked its own questions: answer them, nothing else
+    targets = settings.get("targets")
+    if isinstance(targets, list) and targets and all(isinstance(t, list) for t in targets):
+        # a run that asked its own (d, r) questions: answer them, nothing else
         return _write_target_report(run_dir, lines, rows, settings, failed)
     lines += ["## Summary", ""]
     if threshold:
@@ -587,7 +604,7 @@ def _plot_shares(path: Path, rows, settings, d_top: int) -> None:
                           else "share correct, certified at (d, r)")
     fold = f"; d > {d_top} certifies nothing" if d_top < len(rows[0]["radius"]) - 1 else ""
     fig.suptitle(f"{settings.get('dataset', '')}: sigma = {settings.get('sigma')}, "
-                 f"beta = {settings.get('beta')}"
+                 f"beta = {noise_words(settings)['beta']}"
                  + (f", tau = {settings.get('tau')}" if threshold else "") + fold, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
     fig.savefig(path)

@@ -6,10 +6,10 @@ checks, then :func:`~hybridcert.registries.check_config`), loads the data
 attackable positions, the append threat against the model's input length),
 and resolves once what ``auto`` left open: the decision rule (a
 :class:`~hybridcert.decision.DecisionRule`), tau and the target label.
-:meth:`Plan.settings` produces ``run.json`` for ``hybridcert certify``;
-:func:`~hybridcert.runner.certify_dataset` (Python runs) writes its own, from the smoothed
-classifier's :meth:`~hybridcert.smoothing.SmoothedClassifier.settings_for`; the run
-directory checks or records either.
+:meth:`Plan.settings` produces ``run.json`` for ``hybridcert certify``,
+from the same record (:class:`~hybridcert.runsettings.RunSettings`) as
+:func:`~hybridcert.runner.certify_dataset` writes; the run directory checks
+or records it.
 :class:`SmoothedBuilder` is the one picklable recipe for the smoothed
 classifier: the local executor calls it once, every Ray worker calls it once,
 and the Ray driver never does. :func:`certify_run` runs a plan (local or Ray).
@@ -26,11 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ._version import __version__
-from .config import AUTO_BATCH, ConfigError, RunConfig
+from .config import ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule
 from .registries import DATA_SOURCES, Task, check_config, model_entry
+from .rundir import check_run_dir
+from .runsettings import RunSettings
+from .smoothing import engine_batch
+from .spec import AUTO_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -96,17 +99,21 @@ class SmoothedBuilder:
         return L0Anywhere()
 
     def __call__(self):
-        from .smoothing import SmoothedClassifier
-
         set_threads(self.config.executor.threads)
         model = self.loaded if self.loaded is not None else \
             (self.build or model_entry(self.config.model.model).build)(self)
-        z, batch = self.config.noise, self.config.model.batch_size
         denoiser = self.denoiser
-        if denoiser is None and z.denoiser is not None:
+        if denoiser is None and self.config.noise.denoiser is not None:
             from .registries import load_run_denoiser
 
             denoiser = load_run_denoiser(self.config, model)
+        return self.smoothed(model, denoiser)
+
+    def smoothed(self, model, denoiser=None):
+        """The smoothed classifier of ``model`` (the one recipe; :meth:`__call__` builds the model)."""
+        from .smoothing import SmoothedClassifier
+
+        z, spec = self.config.noise, self.config.estimation
         return SmoothedClassifier(
             model, discrete_noise=None if z.baseline == "image-only" else self.kernel(),
             sigma=None if z.baseline == "text-only" or not self.continuous else z.sigma,
@@ -116,11 +123,19 @@ class SmoothedBuilder:
             # own output to [0, 1].
             clamp=(0.0, 1.0) if self.alphabet is not None and denoiser is None else None,
             denoiser=denoiser,
-            batch_size=AUTO_BATCH if batch == "auto" else batch,
+            batch_size=engine_batch(spec.batch_size, AUTO_BATCH),
             # sequential sampling certifies from one lower bound: lower(A) > 1/2 with > 2 classes
-            multiclass_rule="half" if self.config.estimation.resolved_sampling == "sequential"
-            else "runner_up",
+            multiclass_rule="half" if spec.resolved_sampling == "sequential" else "runner_up",
         )
+
+    def classifier_settings(self) -> dict:
+        """The smoothed classifier's settings (as its certificates record them), with no model
+        built: the recipe applied to a placeholder."""
+        return self.smoothed(_unbuilt, self.denoiser).settings_for(self.config.estimation)
+
+
+def _unbuilt(tokens, continuous):
+    raise RuntimeError("the placeholder of a model that is not built was called")
 
 
 @dataclass(frozen=True)
@@ -143,55 +158,17 @@ class Plan:
             split = dataclasses.replace(split, x_continuous=torch.as_tensor(split.x_continuous))
         return split
 
-    def _sampling(self) -> dict:
-        """The noise streams and the sampling rule (a resume must match them)."""
-        from .streams import STREAM_VERSION
-
-        e = self.config.estimation
-        sampling = e.resolved_sampling
-        out = {"stream": STREAM_VERSION, "sampling": sampling,
-               "n_max": e.n_max if sampling == "sequential" else None}
-        if e.targets is not None:  # only then: runs made before --target resume unchanged
-            out["targets"] = [[int(d), float(r)] for d, r in e.targets]
-        return out
+    def record(self) -> RunSettings:
+        """The run's settings record (:class:`~hybridcert.runsettings.RunSettings`)."""
+        c, t = self.config, self.task.settings
+        return RunSettings(dataset=c.data.dataset, model=c.model.model, data=t.get("data"),
+                           guard=t.get("guard"), image_size=t.get("image_size"),
+                           classifier=self.builder.classifier_settings(),
+                           estimation=c.estimation, limit=c.data.limit)
 
     def settings(self) -> dict:
         """The content of ``run.json``: every setting that changes a result."""
-        c, z, e = self.config, self.config.noise, self.config.estimation
-        hf = self.task.settings.get("guard") is not None
-        s = {"dataset": c.data.dataset, "model": c.model.model}
-        if "data" in self.task.settings:  # an on-disk source's folder and options
-            s["data"] = self.task.settings["data"]
-        if hf:
-            s["guard"] = self.task.settings["guard"]
-            if self.task.settings.get("denoiser") is not None:
-                s["denoiser"] = self.task.settings["denoiser"]
-            s["dtype"] = s["guard"]["dtype"]
-        kernel = "categorical" if self.task.arities is not None else z.kernel
-        s["kernel"] = kernel
-        if hf:
-            s["attacker_alphabet"] = z.attacker_alphabet
-        s.update({
-            "beta": z.beta, "sigma": z.sigma if self.builder.continuous else None,
-            "decision": self.rule.kind,
-            "tau": self.rule.tau, "target_label": self.rule.target_label,
-            "n0": e.n0, "n": e.n, "alpha": e.alpha, "d_max": e.d_max, "threat": z.threat,
-        })
-        if hf:
-            if not self.builder.continuous:  # a text guard's threat may be a suffix or a slot
-                s.update(threat_size=z.threat_size if z.threat != "l0" else None,
-                         filler=z.filler if z.threat == "append" else None)
-            s.update({"protocol": e.protocol, "image_size": self.task.settings["image_size"],
-                      "batch_size": c.model.batch_size, "seed": e.seed, "num_classes": 2,
-                      "hybridcert": __version__, "limit": c.data.limit, **self._sampling()})
-            return s
-        s["threat_size"] = z.threat_size if z.threat != "l0" else None
-        s["filler"] = z.filler if z.threat == "append" else None
-        s["attacker_alphabet"] = z.attacker_alphabet if kernel == "uniform" else None
-        s.update({"protocol": e.protocol, "batch_size": c.model.batch_size, "seed": e.seed,
-                  **self._sampling(), "num_classes": self.task.num_classes, "hybridcert": __version__,
-                  "limit": c.data.limit, "baseline": z.baseline})
-        return s
+        return self.record().to_json()
 
 
 def plan(config: RunConfig) -> Plan:
@@ -287,11 +264,8 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
                                            if v is not None))
     out = config.out_dir
     x = config.executor
-    common = {"n0": config.estimation.n0, "n": config.estimation.n, "alpha": config.estimation.alpha,
-              "d_max": config.estimation.d_max, "protocol": config.estimation.protocol,
-              "seed": config.estimation.seed, "limit": config.data.limit, "progress": x.progress,
-              "max_retries": x.max_retries, "sampling": config.estimation.resolved_sampling,
-              "n_max": config.estimation.n_max, "targets": config.estimation.targets}
+    # A resume with other settings is refused now, before the model is built or trained.
+    check_run_dir(out, settings)
     split = p.split
     say(f"{min(config.data.limit or len(split), len(split))} test examples -> {out}/")
     if x.executor == "ray":
@@ -304,15 +278,17 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
             executor = dataclasses.replace(x, threads=max(1, int(x.cpus_per_worker)))
             builder = dataclasses.replace(builder, config=dataclasses.replace(
                 config, executor=executor))
-        certify_split_ray(builder, split, out, settings, address=x.ray_address,
+        certify_split_ray(builder, split, out, settings, config.estimation,
+                          limit=config.data.limit, progress=x.progress,
+                          max_retries=x.max_retries, address=x.ray_address,
                           workers=x.workers, cpus_per_worker=x.cpus_per_worker,
-                          gpus_per_worker=x.gpus_per_worker, max_in_flight=x.max_in_flight,
-                          **common)
+                          gpus_per_worker=x.gpus_per_worker, max_in_flight=x.max_in_flight)
     else:
         smoothed = p.builder()
-        certify_split(smoothed, split, out, settings, **common)
+        certify_split(smoothed, split, out, settings, config.estimation,
+                      limit=config.data.limit, progress=x.progress, max_retries=x.max_retries)
         forward = getattr(smoothed.base_classifier, "forward_batch_size", None)
-        if config.model.batch_size == "auto" and forward:
+        if config.estimation.batch_size == "auto" and forward:
             say(f"forward batch size settled at {forward} (recorded in each row's "
                 "settings.base_classifier)")
     return out

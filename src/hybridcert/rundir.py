@@ -35,12 +35,13 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from ._validation import json_safe
 from .sampling import ABSTAIN
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK", "QUARANTINE", "RESULTS", "SETTINGS", "RetryPolicy", "RunLocked", "RunStopped",
-           "SettingsMismatch", "failed_row", "failed_rows", "load_run", "locked",
+           "SettingsMismatch", "check_run_dir", "failed_row", "failed_rows", "load_run", "locked",
            "prepare_run_dir", "read_results", "read_run", "result_row", "write_row"]
 
 RESULTS = "results.jsonl"
@@ -106,21 +107,20 @@ def locked(out: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)  # closing releases the lock
 
 
-def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[str, dict]]:
-    """Check or record ``run.json`` and repair ``results.jsonl``; the directory and its done rows.
+def check_run_dir(out: str | os.PathLike, settings: dict) -> None:
+    """Refuse, without writing anything, a run directory that holds results of other settings.
 
-    Call it while holding :func:`locked`. Raises :class:`SettingsMismatch`
-    when ``run.json`` records other settings, or is missing beside rows.
+    Call it before any expensive work (building or training the model):
+    raises :class:`SettingsMismatch` when ``out/run.json`` records other
+    settings, or rows lie there without a ``run.json``. A directory that does
+    not exist, or holds neither, passes. :func:`prepare_run_dir` checks again
+    under the lock.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    recorded_path = out / SETTINGS
-    results = out / RESULTS
-    comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
-    comparable = json.loads(json.dumps(comparable, default=str))  # tuples, numpy scalars
+    recorded_path, results = out / SETTINGS, out / RESULTS
+    comparable = _comparable(settings)
     if recorded_path.exists():
-        recorded = json.loads(recorded_path.read_text())
-        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+        recorded = _comparable(json.loads(recorded_path.read_text()))
         if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
             raise SettingsMismatch(
                 f"{out} holds results drawn with other noise streams "
@@ -133,15 +133,34 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
             detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
             raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
                                    "use another output directory or the same settings")
-    else:
-        if results.exists() and results.stat().st_size > 0:
-            raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
-                                   "of its rows are unknown; use another output directory, or "
-                                   f"delete {results} to start over")
+    elif results.exists() and results.stat().st_size > 0:
+        raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
+                               "of its rows are unknown; use another output directory, or "
+                               f"delete {results} to start over")
+
+
+def _comparable(settings: dict) -> dict:
+    """The settings a resume must match: JSON types, without those that change no result."""
+    return json_safe({k: v for k, v in settings.items() if k not in _IGNORED}, "settings")
+
+
+def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[str, dict]]:
+    """Check or record ``run.json`` and repair ``results.jsonl``; the directory and its done rows.
+
+    Call it while holding :func:`locked`. Raises :class:`SettingsMismatch`
+    when ``run.json`` records other settings, or is missing beside rows
+    (:func:`check_run_dir`).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json_safe(settings, "settings")   # refused before run.json is written
+    check_run_dir(out, settings)
+    recorded_path = out / SETTINGS
+    if not recorded_path.exists():
         tmp = recorded_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, recorded_path)
-    rows = read_results(results, repair=True)
+    rows = read_results(out / RESULTS, repair=True)
     return out, {k: r for k, r in rows.items() if not r.get("failed")}
 
 

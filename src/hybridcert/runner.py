@@ -17,12 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig, EstimationConfig, ExecutorConfig, RunConfig
+from ._validation import check_int
 from .datasets.base import Split
 from .rundir import (
     RESULTS,
@@ -36,7 +36,9 @@ from .rundir import (
     write_row,
 )
 from .rundir import locked as locked
-from .smoothing import SmoothedClassifier
+from .runsettings import RunSettings
+from .smoothing import SmoothedClassifier, as_spec, describe_model
+from .spec import EstimationSpec
 
 logger = logging.getLogger(__name__)
 
@@ -51,17 +53,14 @@ def example_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 
 def run_one(smoothed: SmoothedClassifier, index: int, example_id: str, true_label: int,
-            x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, seed,
-            start: float, sampling: str = "fixed", n_max: int = 100_000,
-            targets=None) -> dict:
+            x_discrete, x_continuous, spec: EstimationSpec, *, start: float) -> dict:
     """Certify one example with its own noise stream; the row to write.
 
     An example on which every model call raised is a failed row, not a
     certificate of "abstain": nothing was learned about the model.
     """
-    cert = smoothed.certify(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
-                            protocol=protocol, sampling=sampling, n_max=n_max, targets=targets,
-                            random_state=example_seed(seed, index))
+    cert = smoothed.certify(x_discrete, x_continuous, spec,
+                            random_state=example_seed(spec.seed, index))
     return certificate_row(example_id, true_label, cert, time.perf_counter() - start)
 
 
@@ -84,21 +83,14 @@ def certify_split(
     split: Split,
     out: str | os.PathLike,
     settings: dict,
+    spec: EstimationSpec,
     *,
-    n0: int,
-    n: int,
-    alpha: float,
-    d_max: int | None,
-    protocol: str = "shared",
-    seed: int = 0,
     limit: int | None = None,
     progress: bool = True,
     max_retries: int = 2,
-    sampling: str = "fixed",
-    n_max: int = 100_000,
-    targets=None,
 ) -> Path:
-    """Certify the first ``limit`` examples of ``split``, appending to ``out/results.jsonl``.
+    """Certify the first ``limit`` examples of ``split`` under ``spec``, appending to
+    ``out/results.jsonl``; ``settings`` is the run's ``run.json`` (checked on resume).
 
     Failures follow :class:`~hybridcert.rundir.RetryPolicy`: an example whose
     certification raises is retried ``max_retries`` times, then written as a
@@ -106,74 +98,72 @@ def certify_split(
     certifies it again. When the first examples all fail the run stops with
     :class:`~hybridcert.rundir.RunStopped`.
     """
-    kwargs = {"n0": n0, "n": n, "alpha": alpha, "d_max": d_max, "protocol": protocol,
-              "seed": seed, "sampling": sampling, "n_max": n_max, "targets": targets}
     policy = RetryPolicy(max_retries)
     with locked(out) as out:
         todo, bar = open_run(split, out, settings, limit, progress)
         policy.start(len(todo))
         try:
             with (out / RESULTS).open("a") as fh:
-                if sampling == "sequential":   # looks of many examples share model batches
-                    todo = certify_scheduled(smoothed, split, todo, fh, bar, kwargs, policy)
+                def written(row):
+                    write_row(fh, row)
+                    bar.update(1)
+                    policy.finished(row)
+
+                if spec.resolved_sampling == "sequential":  # looks of many examples share batches
+                    todo = certify_scheduled(smoothed, [
+                        (i, split.ids[i], label_of(split.y[i]), split.x_discrete[i],
+                         split.x_continuous[i]) for i in todo], spec, written)
                 for i in todo:
                     label, attempt = label_of(split.y[i]), 0
                     while True:
                         start = time.perf_counter()
                         try:
                             row = run_one(smoothed, i, split.ids[i], label, split.x_discrete[i],
-                                          split.x_continuous[i], start=start, **kwargs)
+                                          split.x_continuous[i], spec, start=start)
                             break
                         except Exception as err:
                             if not policy.retry(attempt):
-                                row = error_row(split.ids[i], label, smoothed.settings_for(
-                                    alpha=alpha, protocol=protocol, d_max=d_max,
-                                    sampling=sampling), err, time.perf_counter() - start)
+                                row = error_row(split.ids[i], label, smoothed.settings_for(spec),
+                                                err, time.perf_counter() - start)
                                 break
                             attempt += 1
-                    write_row(fh, row)
-                    bar.update(1)
-                    policy.finished(row)
+                    written(row)
         finally:
             bar.close()
     return out
 
 
-def certify_scheduled(smoothed: SmoothedClassifier, split: Split, todo: list[int], fh, bar,
-                      kwargs: dict, policy: RetryPolicy) -> list[int]:
-    """Sequential sampling: certify ``todo`` through a :class:`~hybridcert.scheduler.LookScheduler`.
+def certify_scheduled(smoothed: SmoothedClassifier, examples: Sequence[tuple],
+                      spec: EstimationSpec, written: Callable[[dict], None]) -> list[int]:
+    """Sequential sampling: certify ``examples`` through a :class:`~hybridcert.scheduler.LookScheduler`.
 
-    The looks of a window of examples share model batches; each example
-    keeps its own noise stream (``example_seed``), so its certificate is the
-    one :func:`run_one` gives, and a row is appended as soon as it finishes
-    (resume stays exact). A row's ``seconds`` runs from the example's entry
-    into the window to its last look. Returns the indices whose certification
+    ``examples`` are ``(index, example_id, label, x_discrete, x_continuous)``
+    tuples, ``index`` the example's place in its split. The looks of a window
+    of examples share model batches; each example keeps its own noise stream
+    (``example_seed(spec.seed, index)``), so its certificate is the one
+    :func:`run_one` gives, and its row goes to ``written`` as soon as it
+    finishes (resume stays exact). A row's ``seconds`` runs from the
+    example's entry into the window to its last look. Used by the local
+    executor and by every Ray actor. Returns the indices whose certification
     raised, for the caller's one-at-a-time retries.
     """
     from .scheduler import LookScheduler
 
-    if kwargs.get("protocol", "shared") != "shared":
-        return list(todo)   # refused with the reason by run_one, one example at a time
-    options = {k: kwargs[k] for k in ("n0", "alpha", "d_max", "n_max", "targets") if k in kwargs}
-    scheduler = LookScheduler(smoothed, **options)
+    scheduler = LookScheduler(smoothed, spec)
     started: dict[int, float] = {}
 
     def inputs():
-        for i in todo:
-            started[i] = time.perf_counter()
-            yield split.x_discrete[i], split.x_continuous[i], example_seed(kwargs["seed"], i)
+        for k, (index, _, _, x_d, x_c) in enumerate(examples):
+            started[k] = time.perf_counter()
+            yield x_d, x_c, example_seed(spec.seed, index)
 
     failed = []
     for k, cert in scheduler.certify_many(inputs(), ordered=False, return_exceptions=True):
-        i = todo[k]
+        index, example_id, label, _, _ = examples[k]
         if isinstance(cert, Exception):
-            failed.append(i)
+            failed.append(index)
             continue
-        row = certificate_row(split.ids[i], label_of(split.y[i]), cert,
-                              time.perf_counter() - started[i])
-        write_row(fh, row)
-        bar.update(1)
-        policy.finished(row)
+        written(certificate_row(example_id, label, cert, time.perf_counter() - started[k]))
     return failed
 
 
@@ -236,27 +226,32 @@ def certify_dataset(
     examples,
     *,
     out: str | os.PathLike,
-    n0: int = 100,
-    n: int = 10_000,
-    alpha: float = 0.001,
+    spec: EstimationSpec | None = None,
+    n0: int | None = None,
+    n: int | None = None,
+    alpha: float | None = None,
     d_max: int | None = None,
-    protocol: str = "shared",
-    seed: int = 0,
+    protocol: str | None = None,
+    seed: int | None = None,
+    sampling: str | None = None,
+    n_max: int | None = None,
+    targets=None,
+    rtol: float | None = None,
+    batch_size: int | str | None = None,
     limit: int | None = None,
     name: str = "my-data",
     progress: bool = True,
     report: bool = True,
     max_retries: int = 2,
-    sampling: str | None = None,
-    n_max: int = 100_000,
-    targets=None,
 ) -> Path:
     """Certify your own examples with your smoothed classifier into a resumable run directory.
 
     The same file, rules and report as ``hybridcert certify``: ``out/run.json``
-    records the settings, ``out/results.jsonl`` one row per example (resume
-    by calling again with the same arguments), ``out/report.md`` the summary.
-    Read the rows back with :func:`~hybridcert.rundir.load_run`.
+    records the settings (the same record, :class:`~hybridcert.runsettings.RunSettings`),
+    ``out/results.jsonl`` one row per example (resume by calling again with
+    the same arguments), ``out/report.md`` the summary. Read the rows back
+    with :func:`~hybridcert.rundir.load_run`. Every argument is checked before
+    the run directory is touched.
 
     Parameters
     ----------
@@ -269,16 +264,17 @@ def certify_dataset(
         label is recorded as -1.
     out : path
         The run directory.
-    n0, n, alpha, d_max, protocol, n_max
-        As for :meth:`SmoothedClassifier.certify`.
-    sampling : {"fixed", "sequential"}, optional
-        Default: ``"sequential"`` when ``targets`` are given, else ``"fixed"``.
-    targets : sequence of (d, r), optional
-        Sequential sampling asks exactly these questions ("is the input
-        certified against ``d`` changes and radius ``r``?") and stops each
-        example as soon as every one is certified or out of reach; without
-        them it decides the report's whole grid. Recorded in ``run.json``.
-    seed : int
+    spec : EstimationSpec, optional
+        The estimation settings (:class:`~hybridcert.spec.EstimationSpec`);
+        the keywords below override its fields. Its batch size None (the
+        default without a spec) records the classifier's.
+    n0, n, alpha, d_max, protocol, sampling, n_max, targets, rtol, batch_size
+        As for :meth:`SmoothedClassifier.certify`; ``targets`` (d, r) pairs
+        ask exactly these questions ("is the input certified against ``d``
+        changes and radius ``r``?") and stop each example as soon as every
+        one is certified or out of reach; sequential sampling without them
+        decides the report's whole grid.
+    seed : int >= 0
         Example ``i`` draws its noise from ``SeedSequence([seed, i])``.
     name : str
         The data set's name in ``run.json`` and the report.
@@ -303,37 +299,32 @@ def certify_dataset(
     >>> len(frame), frame["id"].is_unique, int(frame["failed"].sum())
     (4, True, 0)
     """
-    from ._version import __version__
-    from .streams import STREAM_VERSION
-
     if not isinstance(smoothed, SmoothedClassifier):
         raise TypeError("smoothed must be a hybridcert.SmoothedClassifier")
-    # The command line's checks, in one place (config.py), before anything is written.
-    estimation = EstimationConfig(
-        n0=n0, n=n, alpha=alpha, d_max=d_max, protocol=protocol, seed=seed, sampling=sampling,
-        n_max=n_max, targets=None if targets is None else tuple(
-            tuple(t) if isinstance(t, list | tuple) else t for t in targets))
-    RunConfig(estimation=estimation, executor=ExecutorConfig(max_retries=max_retries),
-              data=DataConfig(limit=limit)).validate()
-    sampling = estimation.resolved_sampling
+    # Every check before anything is written: the spec, the classifier against it, the
+    # executor's options, the examples and the budget against their attackable positions.
+    spec = as_spec(spec, n0=n0, n=n, alpha=alpha, d_max=d_max, protocol=protocol, seed=seed,
+                   sampling=sampling, n_max=n_max, targets=targets, rtol=rtol,
+                   batch_size=batch_size)
+    if spec.batch_size is None:
+        spec = spec.replace(batch_size=smoothed.batch_size)
+    smoothed.check_spec(spec)
+    RetryPolicy(max_retries)
+    if limit is not None:
+        check_int("limit", limit, minimum=1)
     split = as_split(examples)
+    if spec.d_max is not None:
+        count = len(split) if limit is None else min(limit, len(split))
+        shortest = min(smoothed.attackable(split.x_discrete[i]) for i in range(count))
+        if spec.d_max > shortest:
+            raise ValueError(f"d_max must be at most {shortest}, the attackable positions of the "
+                             f"shortest example, got {spec.d_max}")
     model = smoothed.base_classifier
-    settings = {"dataset": name,
-                "model": getattr(model, "__qualname__", None) or type(model).__qualname__,
-                **smoothed.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
-                                        sampling=sampling),
-                "n0": n0, "n": n, "seed": seed, "batch_size": smoothed.batch_size,
-                "limit": limit, "hybridcert": __version__}
-    for key in ("counted_label", "level", "attack", "base_classifier"):
-        settings.pop(key)
-    settings["stream"] = STREAM_VERSION
-    settings["n_max"] = n_max if sampling == "sequential" else None
-    if estimation.targets is not None:
-        settings["targets"] = [[int(d), float(r)] for d, r in estimation.targets]
-    out = certify_split(smoothed, split, out, settings, n0=n0, n=n, alpha=alpha, d_max=d_max,
-                        protocol=protocol, seed=seed, limit=limit, progress=progress,
-                        max_retries=max_retries, sampling=sampling, n_max=n_max,
-                        targets=estimation.targets)
+    describe_model(model)   # a description JSON cannot hold is refused here, not at a row
+    record = RunSettings.of(smoothed, spec, dataset=name, limit=limit,
+                            model=getattr(model, "__qualname__", None) or type(model).__qualname__)
+    out = certify_split(smoothed, split, out, record.to_json(), spec, limit=limit,
+                        progress=progress, max_retries=max_retries)
     if report and any(not r["failed"] for r in read_results(out / RESULTS).values()):
         from .report import write_report
 

@@ -51,7 +51,8 @@ import numpy as np
 from ._validation import check_int
 from .record import Certificate
 from .sampling import LabelCounts, check_labels, count_labels
-from .smoothing import SmoothedClassifier, _Job
+from .smoothing import SmoothedClassifier, _Job, as_spec, engine_batch
+from .spec import EstimationSpec
 from .streams import concat_batches
 
 __all__ = ["LookScheduler"]
@@ -82,8 +83,12 @@ class LookScheduler:
     ----------
     smoothed : SmoothedClassifier
         Threshold rule or majority rule (binary, or ``multiclass_rule="half"``).
+    spec : EstimationSpec, optional
+        The run's estimation settings, with sequential sampling; without
+        it the keywords below build one (``sampling="sequential"``).
     alpha, d_max, n_max, targets, n0, rtol
-        As in :meth:`SmoothedClassifier.certify` with ``sampling="sequential"``.
+        As in :meth:`SmoothedClassifier.certify` with ``sampling="sequential"``;
+        they override the spec's fields.
     max_batch : int, optional
         Samples per model call (default ``smoothed.batch_size``).
     window : int, optional
@@ -108,19 +113,24 @@ class LookScheduler:
     True
     """
 
-    def __init__(self, smoothed: SmoothedClassifier, *, alpha: float, d_max: int | None = None,
-                 n_max: int = 100_000, targets=None, max_batch: int | None = None,
-                 n0: int = 100, rtol: float = 0.02, window: int | None = None):
+    def __init__(self, smoothed: SmoothedClassifier, spec: EstimationSpec | None = None, *,
+                 alpha: float | None = None, d_max: int | None = None,
+                 n_max: int | None = None, targets=None, max_batch: int | None = None,
+                 n0: int | None = None, rtol: float | None = None, window: int | None = None):
         if not isinstance(smoothed, SmoothedClassifier):
             raise ValueError(f"smoothed must be a SmoothedClassifier, got {type(smoothed).__name__}")
+        self.spec = as_spec(spec, alpha=alpha, d_max=d_max, n_max=n_max, targets=targets, n0=n0,
+                            rtol=rtol, sampling=None if spec is not None else "sequential")
+        if self.spec.resolved_sampling != "sequential":
+            raise ValueError("spec must ask for sequential sampling: the scheduler interleaves "
+                             "the looks of sequential certification")
+        smoothed.check_spec(self.spec)
         self.smoothed = smoothed
-        self.max_batch = smoothed.batch_size if max_batch is None else \
+        self.max_batch = engine_batch(self.spec.batch_size, smoothed.batch_size) \
+            if max_batch is None else \
             check_int("max_batch", max_batch, minimum=1)
         self.window = max(2, self.max_batch // 4) if window is None else \
             check_int("window", window, minimum=1)
-        self._options = {"n0": n0, "n": 1, "alpha": alpha, "d_max": d_max, "protocol": "shared",
-                         "sampling": "sequential", "n_max": n_max, "targets": targets,
-                         "rtol": rtol}
         self._model_lock = threading.Lock()   # one round at a time reaches the model
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -269,8 +279,8 @@ class LookScheduler:
     # ------------------------------------------------------------------ one round
 
     def _job(self, x_discrete, x_continuous, random_state) -> _Job:
-        return self.smoothed._job(x_discrete, x_continuous, random_state=random_state,
-                                  **self._options)
+        return self.smoothed._job(x_discrete, x_continuous, self.spec,
+                                  random_state=random_state)
 
     @staticmethod
     def _result(work: _Work) -> Certificate | BaseException:

@@ -63,7 +63,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import sequential as seq
-from ._validation import check_int, check_open_unit, check_positive
+from ._validation import check_int, check_open_unit, check_positive, json_safe
 from .decision import DecisionRule
 from .noise import (
     AppendInput,
@@ -83,6 +83,7 @@ from .record import (
     with_radii,
 )
 from .sampling import ABSTAIN, LabelCounts, count_labels
+from .spec import AUTO_BATCH, EstimationSpec
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 from .streams import NoiseStream, block_max_for
 
@@ -90,8 +91,6 @@ __all__ = ["SmoothedClassifier"]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = ("shared", "per_budget")
-SAMPLINGS = ("fixed", "sequential")
 MULTICLASS_RULES = ("runner_up", "half")
 # Default target radii of sequential sampling, in units of sigma: the report's grid.
 REPORT_RADII = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
@@ -305,10 +304,12 @@ class SmoothedClassifier:
         inputs = self._inputs(x_discrete, x_continuous)
         return self._finish(inputs, *self._stream(inputs, random_state).take(_ESTIMATE, 0, n))
 
-    def certify(self, x_discrete, x_continuous, *, n0: int = 100, n: int = 10_000,
-                alpha: float = 0.001, d_max: int | None = None, protocol: str = "shared",
-                sampling: str = "fixed", n_max: int = 100_000, targets=None,
-                rtol: float = 0.02, random_state=None) -> Certificate:
+    def certify(self, x_discrete, x_continuous, spec: EstimationSpec | None = None, *,
+                n0: int | None = None, n: int | None = None, alpha: float | None = None,
+                d_max: int | None = None, protocol: str | None = None,
+                sampling: str | None = None, n_max: int | None = None, targets=None,
+                rtol: float | None = None, batch_size: int | str | None = None,
+                random_state=None) -> Certificate:
         """Cohen's CERTIFY over every budget ``d = 0..d_max`` (see the module docstring).
 
         Parameters
@@ -317,6 +318,11 @@ class SmoothedClassifier:
             Token ids of the input (``None``: no discrete part).
         x_continuous : array or tensor, or None
             The continuous part (image in [0, 1], numeric features).
+        spec : EstimationSpec, optional
+            The estimation settings (:class:`~hybridcert.spec.EstimationSpec`,
+            its defaults when omitted); the keywords below override its fields,
+            and the result is checked as a spec. Its ``seed`` is not used: the
+            noise comes from ``random_state``.
         n0, n : int >= 1
             Selection and estimation samples (``n0`` is unused by the
             threshold rule, whose label is fixed; ``n`` by sequential sampling).
@@ -325,14 +331,15 @@ class SmoothedClassifier:
         d_max : int, optional
             Largest budget; defaults to ``min(8, attackable positions)``.
         protocol : {"shared", "per_budget"}
-        sampling : {"fixed", "sequential"}
-            ``"fixed"``: ``n`` estimation samples. ``"sequential"``: sample in
+        sampling : {"fixed", "sequential"}, optional
+            ``"fixed"`` (the default without ``targets``): ``n`` estimation
+            samples. ``"sequential"`` (the default with ``targets``): sample in
             looks (4, then a factor sqrt(2), up to ``n_max``) and stop as soon
             as the question is settled, with an anytime-valid lower bound
             (:mod:`hybridcert.sequential`); shared protocol, threshold rule or
             the 1/2 majority rule.
         n_max : int >= 1
-            Sequential sampling: most estimation samples.
+            Sequential sampling: most estimation samples (100,000).
         targets : None, "frontier", sequence of radii, or sequence of (d, r)
             Sequential sampling. Target mode (the default, ``None``: the
             report's radii ``(0, .25, .5, 1, 1.5, 2, 3) * sigma`` at every
@@ -343,78 +350,83 @@ class SmoothedClassifier:
             or could not certify any budget (early abstention).
         rtol : float > 0
             Relative tolerance of frontier mode.
+        batch_size : int >= 1 or "auto", optional
+            Samples per model call of this certification (default: the
+            spec's, else this classifier's ``batch_size``); no result depends on it.
         """
-        job = self._job(x_discrete, x_continuous, n0=n0, n=n, alpha=alpha, d_max=d_max,
-                        protocol=protocol, sampling=sampling, n_max=n_max, targets=targets,
-                        rtol=rtol, random_state=random_state)
+        spec = as_spec(spec, n0=n0, n=n, alpha=alpha, d_max=d_max, protocol=protocol,
+                       sampling=sampling, n_max=n_max, targets=targets, rtol=rtol,
+                       batch_size=batch_size)
+        job = self._job(x_discrete, x_continuous, spec, random_state=random_state)
+        batch = engine_batch(spec.batch_size, self.batch_size)
         while (request := job.request()) is not None:
-            job.receive(self._counts(job.inputs, job.stream, *request))
+            job.receive(self._counts(job.inputs, job.stream, *request, batch_size=batch))
             _Job.advance([job])
         return job.certificate()
 
-    def _job(self, x_discrete, x_continuous, *, n0, n, alpha, d_max, protocol, sampling, n_max,
-             targets, rtol, random_state) -> _Job:
-        """Check :meth:`certify`'s arguments and set up one input's certification (no model call)."""
-        n0 = check_int("n0", n0, minimum=1)
-        n = check_int("n", n, minimum=1)
-        alpha = float(check_open_unit("alpha", alpha))
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if sampling == "sequential":
-            n_max = check_int("n_max", n_max, minimum=1)
-            rtol = float(check_positive("rtol", rtol))
-            if protocol != "shared":
-                raise ValueError("sampling='sequential' uses the shared protocol (one estimate "
-                                 "certifies every budget); protocol='per_budget' is a fixed-n "
-                                 "cost baseline")
-            if self.runner_up_rule:
-                raise ValueError("sampling='sequential' certifies with one lower bound; with "
-                                 "more than two classes pass multiclass_rule='half' to the "
-                                 "SmoothedClassifier, or use sampling='fixed'")
+    def check_spec(self, spec: EstimationSpec) -> None:
+        """Raise ``ValueError`` if this classifier cannot certify under ``spec`` (no input needed)."""
+        if spec.resolved_sampling == "sequential" and self.runner_up_rule:
+            raise ValueError("sampling='sequential' certifies with one lower bound; with "
+                             "more than two classes pass multiclass_rule='half' to the "
+                             "SmoothedClassifier, or use sampling='fixed'")
+
+    def attackable(self, x_discrete) -> int:
+        """The attackable (noised) positions of an input under this classifier's threat region."""
+        if x_discrete is None or self.discrete_noise is None:
+            return 0
+        return int(self.threat.apply(x_discrete)[1].sum())
+
+    def _job(self, x_discrete, x_continuous, spec: EstimationSpec, *, random_state) -> _Job:
+        """One input's certification under a (checked) spec, set up: no model call.
+
+        Only what depends on this classifier and the input is checked here.
+        """
+        self.check_spec(spec)
         inputs = self._inputs(x_discrete, x_continuous)
         attackable = inputs.attackable
-        if d_max is None:
-            d_max = min(8, attackable)
-        d_max = check_int("d_max", d_max, minimum=0)
+        d_max = min(8, attackable) if spec.d_max is None else spec.d_max
         if d_max > attackable:
             raise ValueError(f"d_max ({d_max}) exceeds the attackable positions ({attackable}) "
                              f"of the threat region")
-        spec = self._attack_spec(inputs)
+        attack = self._attack_spec(inputs)
         rule = None
-        if sampling == "sequential":
+        alpha = spec.alpha
+        if spec.resolved_sampling == "sequential":
             target_list = None
-            if not (isinstance(targets, str) and targets == "frontier"):
-                target_list = tuple(_parse_targets(targets, d_max, self.sigma))
-            rule = _look_rule(json.dumps(spec, sort_keys=True), self.sigma, self.tau, alpha,
-                              d_max, n_max, target_list, rtol)
+            if spec.targets != "frontier":
+                target_list = tuple(_parse_targets(spec.targets, d_max, self.sigma))
+            rule = _look_rule(json.dumps(attack, sort_keys=True), self.sigma, self.tau, alpha,
+                              d_max, spec.resolved_n_max, target_list, spec.rtol)
         # Both protocols estimate the same smoothed classifier; per_budget does it d_max + 1 times.
-        estimates, level = (1, alpha) if protocol == "shared" else \
+        estimates, level = (1, alpha) if spec.protocol == "shared" else \
             (d_max + 1, split_alpha(alpha, d_max + 1))
-        settings = self.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
-                                     sampling=sampling)
-        return _Job(self, inputs, self._stream(inputs, random_state), settings=settings,
-                    spec=spec, rule=rule, n0=n0, n=n, estimates=estimates, level=level)
+        return _Job(self, inputs, self._stream(inputs, random_state),
+                    settings=self.settings_for(spec, d_max=d_max), spec=attack, rule=rule,
+                    n0=spec.n0, n=spec.n, estimates=estimates, level=level)
 
-    def settings_for(self, *, alpha: float | None = None, protocol: str | None = None,
-                     d_max: int | None = None, sampling: str = "fixed") -> dict:
+    def settings_for(self, spec: EstimationSpec | None = None, *,
+                     d_max: int | None = None) -> dict:
         """The settings every certificate of this classifier records, before any example.
 
-        The per-example entries (``counted_label``, ``level``, ``attack``,
-        ``stream``, ``base_classifier``) are ``None``; :meth:`certify` fills
-        them in. The row of a failed example carries this dict, so that every
-        row's ``settings`` has the same shape.
+        ``d_max`` overrides the spec's (a certificate records the budget it
+        resolved). The per-example entries (``counted_label``, ``level``,
+        ``attack``, ``stream``, ``base_classifier``) are ``None``;
+        :meth:`certify` fills them in. The row of a failed example carries
+        this dict, so that every row's ``settings`` has the same shape.
         """
+        spec = EstimationSpec() if spec is None else spec
         return {
-            "decision": self.decision, "tau": self.tau, "alpha": alpha, "counted_label": None,
-            "sigma": self.sigma, "protocol": protocol, "d_max": d_max,
+            "decision": self.decision, "tau": self.tau, "alpha": spec.alpha,
+            "counted_label": None,
+            "sigma": self.sigma, "protocol": spec.protocol,
+            "d_max": spec.d_max if d_max is None else d_max,
             "num_classes": self.num_classes, "target_label": self.rule.target_label,
             "threat": self.threat.describe(),
             "kernel": None if self.discrete_noise is None else self.discrete_noise.describe(),
             "gaussian": None if self.gaussian is None else self.gaussian.describe(),
             "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
-            "sampling": sampling, "stream": None, "level": None, "attack": None,
+            "sampling": spec.resolved_sampling, "stream": None, "level": None, "attack": None,
             "base_classifier": None,
         }
 
@@ -471,7 +483,7 @@ class SmoothedClassifier:
         return tok_b, cont_b
 
     def _counts(self, inputs: _Inputs, stream: NoiseStream, phase: int, start: int,
-                stop: int) -> LabelCounts:
+                stop: int, batch_size: int | None = None) -> LabelCounts:
         """Label counts over samples ``start..stop-1`` of ``phase``, classified batch by batch."""
         cursor = [start]
 
@@ -481,7 +493,8 @@ class SmoothedClassifier:
             return self._finish(inputs, *stream.take(phase, a, a + b))
 
         return count_labels(self.base_classifier, draw, stop - start,
-                            batch_size=self.batch_size, num_classes=self.num_classes)
+                            batch_size=batch_size or self.batch_size,
+                            num_classes=self.num_classes)
 
 
 class _Job:
@@ -571,7 +584,7 @@ class _Job:
                 info["stopped"] = self.stopped
             # described after sampling: a guard records the forward batch it settled on
             settings.update(level=info["level_per_look"], attack=[self.spec], sequential=info,
-                            base_classifier=_describe(smoothed.base_classifier))
+                            base_classifier=describe_model(smoothed.base_classifier))
             cert = Certificate(**common, p_lower=track.lower, count=(track.k,), n=(track.used,),
                                settings=settings)
             return with_radii(cert, [track.lower])
@@ -581,7 +594,7 @@ class _Job:
             runner_up = tuple(int(np.delete(c, label).max()) if label != ABSTAIN else self.n
                               for c in self.seen)
         settings.update(level=self.level, attack=[self.spec] * self.estimates,
-                        base_classifier=_describe(smoothed.base_classifier))
+                        base_classifier=describe_model(smoothed.base_classifier))
         cert = Certificate(**common, p_lower=0.0, count=tuple(counts),
                            n=(self.n,) * self.estimates, settings=settings, runner_up=runner_up)
         return certificate_from_counts(cert)
@@ -653,10 +666,11 @@ class _Inputs:
         return size
 
 
-def _describe(model) -> dict | None:
-    """The base classifier's own description, when it offers one."""
+def describe_model(model) -> dict | None:
+    """The base classifier's own description, when it offers one, in plain JSON types
+    (a ValueError names an entry JSON cannot hold)."""
     describe = getattr(model, "describe", None)
-    return describe() if callable(describe) else None
+    return json_safe(describe(), "base_classifier.describe()") if callable(describe) else None
 
 
 def _repeat(x, b: int):
@@ -667,28 +681,33 @@ def _repeat(x, b: int):
 
 
 def _parse_targets(targets, d_max: int, sigma: float | None) -> list[tuple[int, float]]:
-    """The (d, r) targets of sequential target mode (see :meth:`SmoothedClassifier.certify`)."""
+    """The (d, r) targets of sequential target mode at an input's ``d_max``: the spec's
+    (checked) targets expanded, radii at every budget (see :meth:`SmoothedClassifier.certify`)."""
     if targets is None:
         radii = [0.0] if sigma is None else [f * sigma for f in REPORT_RADII]
         return [(d, float(r)) for d in range(d_max + 1) for r in radii]
-    if isinstance(targets, str) or not isinstance(targets, Sequence | np.ndarray):
-        raise ValueError("targets must be None, 'frontier', a sequence of radii or a sequence "
-                         f"of (d, r) pairs, got {targets!r}")
-    items = list(targets)
-    if not items:
-        raise ValueError("targets must not be empty")
-    if all(np.ndim(t) == 0 for t in items):
-        pairs = [(d, float(r)) for d in range(d_max + 1) for r in items]
-    elif all(np.ndim(t) == 1 and len(t) == 2 for t in items):
-        pairs = [(t[0], float(t[1])) for t in items]
-    else:
-        raise ValueError("targets must be radii or (d, r) pairs, not a mix")
-    out = []
-    for d, r in pairs:
-        if not float(d).is_integer() or not 0 <= d <= d_max:
+    if not isinstance(targets[0], tuple):
+        return [(d, r) for d in range(d_max + 1) for r in targets]
+    for d, _ in targets:
+        if d > d_max:
             raise ValueError(f"a target's budget d must be an integer in [0, d_max={d_max}], "
                              f"got {d!r}")
-        if not np.isfinite(r) or r < 0:
-            raise ValueError(f"a target's radius must be finite and >= 0, got {r!r}")
-        out.append((int(d), r))
-    return out
+    return list(targets)
+
+
+def as_spec(spec: EstimationSpec | None = None, **given) -> EstimationSpec:
+    """``spec`` with the ``given`` keywords that are not None; without a spec, the defaults but
+    the batch size (None: the classifier's own)."""
+    if spec is not None and not isinstance(spec, EstimationSpec):
+        raise ValueError(f"spec must be a hybridcert.spec.EstimationSpec, got {spec!r}")
+    changes = {k: v for k, v in given.items() if v is not None}
+    if spec is None:
+        return EstimationSpec(**{"batch_size": None, **changes})
+    return spec.replace(**changes) if changes else spec
+
+
+def engine_batch(batch_size, own: int) -> int:
+    """Samples per model call: the spec's (``"auto"``: AUTO_BATCH), else the classifier's."""
+    if batch_size is None:
+        return own
+    return AUTO_BATCH if batch_size == "auto" else batch_size
