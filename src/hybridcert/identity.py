@@ -341,10 +341,9 @@ def _code_sha256(function) -> tuple[str, bool]:
 
 def _filled(cell) -> bool:
     try:
-        cell.cell_contents
+        return cell.cell_contents is not cell  # reading an empty cell raises
     except ValueError:  # an empty cell (a name assigned later)
         return False
-    return True
 
 
 def _feed_code(h, code: types.CodeType) -> bool:
