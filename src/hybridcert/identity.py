@@ -208,8 +208,10 @@ def model_fingerprint(model, *, name: str | None = None, version: str | None = N
           SHA-256 of its ``state_dict`` tensors;
         - ``"function"``: a plain function: ``module.qualname`` and a hash of
           its code (bytecode, constants, names, nested code), its defaults and
-          closure; ``exact`` is False when a closure holds an object that
-          cannot be hashed. Globals it reads are not part of it.
+          closure (numbers, strings, arrays, functions, models); ``exact`` is
+          False when a default or a closure holds mutable state (a list, a
+          dict: known by its type only) or an object without a fingerprint.
+          Globals it reads are not part of it.
         - ``"object"``: anything else, known only by its ``qualname``
           (``exact`` False): give ``name`` and ``version``.
 
@@ -363,14 +365,16 @@ def _feed_value(h, value, depth: int) -> bool:
     """Feed a constant, default or closure value; False when it has no faithful hash."""
     if depth > 20:
         return False
-    if isinstance(value, (frozenset, set)):
-        value = sorted(value, key=repr)
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, dict, set, bytearray)):
+        # Mutable state the function reads at call time (a flag, a cache), not what defines it:
+        # known by its type only (a transient flag must not refuse a resume).
+        _feed(h, "mutable:" + type(value).__qualname__)
+        return False
+    if isinstance(value, frozenset):
+        value = tuple(sorted(value, key=repr))
+    if isinstance(value, tuple):
         h.update(b"L" + struct.pack("<Q", len(value)))
         return all([_feed_value(h, item, depth + 1) for item in value])
-    if isinstance(value, Mapping):
-        h.update(b"D" + struct.pack("<Q", len(value)))
-        return all([_feed_value(h, (k, v), depth + 1) for k, v in value.items()])
     if isinstance(value, types.FunctionType):
         code, exact = _code_sha256(value) if depth < 5 else ("", False)
         _feed(h, _qualname(value) + code)

@@ -30,7 +30,14 @@ from ._version import __version__
 from .config import AUTO_BATCH, ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule
-from .registries import DATA_SOURCES, Task, check_config, model_entry
+from .registries import (  # data_identity, model_identity: issue 20
+    DATA_SOURCES,
+    Task,
+    check_config,
+    data_identity,
+    model_entry,
+    model_identity,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +163,9 @@ class Plan:
         c, z, e = self.config, self.config.noise, self.config.estimation
         hf = self.task.settings.get("guard") is not None
         s = {"dataset": c.data.dataset, "model": c.model.model}
-        if "data" in self.task.settings:  # an on-disk source's folder and options
-            s["data"] = self.task.settings["data"]
+        # issue 20, the run's identity (checked on resume): the data and the model
+        s["data"] = data_identity(c, self.task)
+        s["model_fingerprint"] = model_identity(c, self.task)
         if hf:
             s["guard"] = self.task.settings["guard"]
             if self.task.settings.get("denoiser") is not None:

@@ -250,6 +250,8 @@ def certify_dataset(
     sampling: str | None = None,
     n_max: int = 100_000,
     targets=None,
+    model_name: str | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Certify your own examples with your smoothed classifier into a resumable run directory.
 
@@ -282,6 +284,15 @@ def certify_dataset(
         Example ``i`` draws its noise from ``SeedSequence([seed, i])``.
     name : str
         The data set's name in ``run.json`` and the report.
+    model_name, model_version : str, optional
+        Your model's name and version, recorded in ``run.json`` as its
+        fingerprint. Without them the fingerprint is computed
+        (:func:`~hybridcert.identity.model_fingerprint`: the model's
+        ``describe()``, the hash of a scikit-learn estimator's pickle, of a
+        torch module's weights, or of a function's code); give them for a
+        model known only by its class name. A resume into ``out`` with other
+        examples (``run.json``'s ``data.sha256``) or another model is refused
+        with the reason.
 
     Returns
     -------
@@ -304,6 +315,7 @@ def certify_dataset(
     (4, True, 0)
     """
     from ._version import __version__
+    from .identity import model_fingerprint, split_sha256  # issue 20: the run's identity
     from .streams import STREAM_VERSION
 
     if not isinstance(smoothed, SmoothedClassifier):
@@ -320,6 +332,10 @@ def certify_dataset(
     model = smoothed.base_classifier
     settings = {"dataset": name,
                 "model": getattr(model, "__qualname__", None) or type(model).__qualname__,
+                # issue 20, the run's identity (checked on resume): the data and the model
+                "data": {"source": "python", "sha256": split_sha256(split)},
+                "model_fingerprint": model_fingerprint(model, name=model_name,
+                                                       version=model_version),
                 **smoothed.settings_for(alpha=alpha, protocol=protocol, d_max=d_max,
                                         sampling=sampling),
                 "n0": n0, "n": n, "seed": seed, "batch_size": smoothed.batch_size,
