@@ -282,6 +282,7 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     Everything is validated first (:func:`plan`); ``run.json`` and rows are
     written by :func:`hybridcert.runner.certify_split` or its Ray twin.
     """
+    from .rundir import check_resume
     from .runner import certify_split
 
     p = plan(config)
@@ -290,6 +291,7 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     say("hybridcert certify: " + ", ".join(f"{k}={v}" for k, v in settings.items()
                                            if v is not None))
     out = config.out_dir
+    check_resume(out, settings)  # issue 20: another data set or model refused before building it
     x = config.executor
     common = {"n0": config.estimation.n0, "n": config.estimation.n, "alpha": config.estimation.alpha,
               "d_max": config.estimation.d_max, "protocol": config.estimation.protocol,

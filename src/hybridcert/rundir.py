@@ -40,7 +40,7 @@ from .sampling import ABSTAIN
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK", "QUARANTINE", "RESULTS", "SETTINGS", "RetryPolicy", "RunLocked", "RunStopped",
-           "SettingsMismatch", "failed_row", "failed_rows", "load_run", "locked",
+           "SettingsMismatch", "check_resume", "failed_row", "failed_rows", "load_run", "locked",
            "prepare_run_dir", "read_results", "read_run", "result_row", "write_row"]
 
 RESULTS = "results.jsonl"
@@ -116,27 +116,8 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
     out.mkdir(parents=True, exist_ok=True)
     recorded_path = out / SETTINGS
     results = out / RESULTS
-    comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
-    comparable = json.loads(json.dumps(comparable, default=str))  # tuples, numpy scalars
     if recorded_path.exists():
-        recorded = json.loads(recorded_path.read_text())
-        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
-        if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
-            raise SettingsMismatch(
-                f"{out} holds results drawn with other noise streams "
-                f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
-                f", this version draws {comparable['stream']}): the same example would get other "
-                "noise, so the run cannot be resumed or extended; use another output directory")
-        if recorded != comparable:
-            diff = sorted(k for k in set(recorded) | set(comparable)
-                          if recorded.get(k) != comparable.get(k))
-            # The run's identity first, with the reason; then every other setting that differs.
-            diff.sort(key=lambda k: k not in _IDENTITY)
-            detail = ", ".join(_IDENTITY[k](recorded.get(k), comparable.get(k)) if k in _IDENTITY
-                               else f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}"
-                               for k in diff)
-            raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
-                                   "use another output directory or the same settings")
+        _check_same(out, json.loads(recorded_path.read_text()), settings)
     else:
         if results.exists() and results.stat().st_size > 0:
             raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
@@ -147,6 +128,42 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
         os.replace(tmp, recorded_path)
     rows = read_results(results, repair=True)
     return out, {k: r for k, r in rows.items() if not r.get("failed")}
+
+
+def check_resume(out: str | os.PathLike, settings: dict) -> None:
+    """Refuse early, before a model is built, a run whose ``run.json`` records other settings.
+
+    Reads ``out/run.json`` if there is one (no lock, nothing written) and
+    raises :class:`SettingsMismatch` with the reason, as :func:`prepare_run_dir`
+    does again under the lock.
+    """
+    recorded_path = Path(out) / SETTINGS
+    if recorded_path.is_file():
+        _check_same(Path(out), json.loads(recorded_path.read_text()), settings)
+
+
+def _check_same(out: Path, recorded: dict, settings: dict) -> None:
+    """Raise :class:`SettingsMismatch` unless ``recorded`` and ``settings`` agree on every
+    setting that changes a result (the run's identity first, with the reason)."""
+    comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
+    comparable = json.loads(json.dumps(comparable, default=str))  # tuples, numpy scalars
+    recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+    if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
+        raise SettingsMismatch(
+            f"{out} holds results drawn with other noise streams "
+            f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
+            f", this version draws {comparable['stream']}): the same example would get other "
+            "noise, so the run cannot be resumed or extended; use another output directory")
+    if recorded != comparable:
+        diff = sorted(k for k in set(recorded) | set(comparable)
+                      if recorded.get(k) != comparable.get(k))
+        # The run's identity first, with the reason; then every other setting that differs.
+        diff.sort(key=lambda k: k not in _IDENTITY)
+        detail = ", ".join(_IDENTITY[k](recorded.get(k), comparable.get(k)) if k in _IDENTITY
+                           else f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}"
+                           for k in diff)
+        raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
+                               "use another output directory or the same settings")
 
 
 def _short(digest) -> str:
@@ -183,8 +200,9 @@ def _model_reason(recorded, now) -> str:
         return " ".join(map(str, parts))
 
     weak = any(isinstance(fp, dict) and not fp.get("exact", True) for fp in (recorded, now))
-    hint = ("; one of them is known only by its name: give certify_dataset model_name= and "
-            "model_version= to identify your model") if weak else ""
+    hint = ("; a fingerprint with exact false identifies a model only in part (by its name, "
+            "or a function's code without its mutable state): give certify_dataset "
+            "model_name= and model_version= to name yours") if weak else ""
     return f"model: another model ({shown(recorded)} recorded, {shown(now)} now{hint})"
 
 
