@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["file_sha256", "model_fingerprint", "split_sha256", "tree_sha256"]
+__all__ = ["file_sha256", "hf_weights_identity", "model_fingerprint", "split_sha256",
+           "tree_sha256", "weights_sha256"]
 
 _CHUNK = 1 << 20
 # Keys of a model's describe() that change no prediction (an auto batch size settles during a
@@ -272,8 +273,9 @@ def model_fingerprint(model, *, name: str | None = None, version: str | None = N
 
 def hf_weights_identity(pretrained) -> dict:
     """Where a transformers model's weights come from: ``path`` (a hub name, or a local folder,
-    resolved), ``revision`` (the commit hash when known) and ``config_sha256`` (of the
-    folder's ``config.json`` when found, else of the loaded config)."""
+    resolved), ``revision`` (the commit hash when known), ``config_sha256`` (of the
+    folder's ``config.json`` when found, else of the loaded config) and, for a local
+    folder, ``weights_sha256`` (:func:`weights_sha256`) with ``weights_exact``."""
     import json
 
     config = pretrained.config
@@ -290,7 +292,37 @@ def hf_weights_identity(pretrained) -> dict:
                   if k not in ("transformers_version", "_name_or_path", "_commit_hash")}
         config_sha = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str)
                                     .encode()).hexdigest()
-    return {"path": path, "revision": revision, "config_sha256": config_sha}
+    out = {"path": path, "revision": revision, "config_sha256": config_sha}
+    if local.is_dir():  # a folder's weights may change under the same config: hash them too
+        out["weights_sha256"], out["weights_exact"] = weights_sha256(local)
+    return out
+
+
+def weights_sha256(folder: str | os.PathLike, *,
+                   full_below: int = 256 << 20) -> tuple[str, bool]:
+    """A hash of the weight files of a model folder, and whether it covers every byte.
+
+    Up to ``full_below`` bytes of weights in all, every byte is hashed.
+    Beyond, each file's name, size and first and last MiB are (a 7B model is
+    not read whole to fingerprint it): replaced weights are still caught, but
+    the hash is not exact.
+    """
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file()
+                   and f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"))
+    exact = sum(f.stat().st_size for f in files) <= full_below
+    h = hashlib.sha256(b"hybridcert-weights-v1")
+    for file in files:
+        size = file.stat().st_size
+        _feed(h, file.name)
+        h.update(struct.pack("<Q", size))
+        if exact:
+            h.update(bytes.fromhex(file_sha256(file)))
+            continue
+        with file.open("rb") as fh:
+            h.update(fh.read(_CHUNK))
+            fh.seek(max(size - _CHUNK, 0))
+            h.update(fh.read(_CHUNK))
+    return h.hexdigest(), exact
 
 
 def _cached_hub_file(repo: str, filename: str, revision: str | None):

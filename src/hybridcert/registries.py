@@ -314,12 +314,12 @@ def _fingerprint_sklearn(config: RunConfig, task: Task) -> dict:
 
 def _fingerprint_hf(config: RunConfig, task: Task) -> dict:
     """The guard's name, then where its weights come from (the guard is loaded by the plan
-    already, to tokenize the data): path, revision (commit hash) and config hash. Exact only
-    with a commit hash: a local folder's weights may change under the same config."""
+    already, to tokenize the data): path, revision (commit hash), config hash and a local
+    folder's weights hash. Exact with a commit hash or a full hash of the weights."""
     name = config.model.model.split(":", 1)[1]
     weights = hf_weights_identity(task.model.model) if task.model is not None else {}
     return {"kind": "hf", "name": name, **weights,
-            "exact": weights.get("revision") is not None}
+            "exact": weights.get("revision") is not None or bool(weights.get("weights_exact"))}
 
 
 def _check_sklearn(config: RunConfig, source: DataSource) -> None:

@@ -193,7 +193,7 @@ def _model_reason(recorded, now) -> str:
             return "none recorded"
         parts = [fp.get(k) for k in ("kind", "name", "version", "qualname", "path", "revision",
                                      "cache_key") if fp.get(k) is not None]
-        parts += [f"{k} {_short(fp[k])}" for k in ("sha256", "code_sha256", "config_sha256")
+        parts += [f"{k} {_short(fp[k])}" for k in ("sha256", "code_sha256", "config_sha256", "weights_sha256")
                   if isinstance(fp.get(k), str)]
         if fp.get("kind") == "described":
             parts.append("describe() " + _short(_digest(fp.get("describe"))))
