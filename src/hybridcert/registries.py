@@ -9,6 +9,7 @@ against them (before any data or model is loaded).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,12 +137,16 @@ def _on_disk(name):
         from .datasets.safety import load_hateful_memes, load_mm_safetybench
 
         d = config.data
+        identity = _identity(config)
         if name == "hateful-memes":  # the loaders' own defaults where an option is None
             raw = load_hateful_memes(d.data_path, **({"split": d.split} if d.split else {}))
+            # the split read, named (the default is the same split as its name)
+            identity["split"] = d.split or inspect.signature(
+                load_hateful_memes).parameters["split"].default
         else:
             raw = load_mm_safetybench(d.data_path, text_field=d.text_column)
         return Task(split=None, num_classes=2, raw=raw,
-                    settings={"data": {**_identity(config), "sha256": _raw_sha256(raw)}})
+                    settings={"data": {**identity, "sha256": _raw_sha256(raw)}})
 
     return load
 

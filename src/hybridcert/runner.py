@@ -331,7 +331,8 @@ def certify_dataset(
     split = as_split(examples)
     model = smoothed.base_classifier
     settings = {"dataset": name,
-                "model": getattr(model, "__qualname__", None) or type(model).__qualname__,
+                "model": model_name or getattr(model, "__qualname__", None)  # issue 20: the name
+                or type(model).__qualname__,
                 # issue 20, the run's identity (checked on resume): the data and the model
                 "data": {"source": "python", "sha256": split_sha256(split)},
                 "model_fingerprint": model_fingerprint(model, name=model_name,
