@@ -79,18 +79,50 @@ def split_sha256(split) -> str:
     for name, column in zip(("x_discrete", "x_continuous", "y"), columns[1:]):
         if column is not None and len(column) != count:
             raise ValueError(f"split: {name} has {len(column)} entries, expected {count} (ids)")
+    feeders = [_column_feeder(column) for column in columns[1:]]
     digests = []
     for i in range(count):
         h = hashlib.sha256()
         _feed(h, str(split.ids[i]))
-        for column in columns[1:]:
-            _feed(h, None if column is None else column[i])
+        for feed in feeders:
+            feed(h, i)
         digests.append((str(split.ids[i]), h.digest()))
     total = hashlib.sha256(b"hybridcert-split-v1")
     total.update(struct.pack("<Q", count))
     for _, digest in sorted(digests):
         total.update(digest)
     return total.hexdigest()
+
+
+def _column_feeder(column):
+    """``feed(h, i)``: entry ``i`` of a column, encoded as :func:`_feed` encodes it alone.
+
+    A stacked array is converted once and its rows fed as slices (the same
+    bytes as each row on its own, without a per-row conversion): Adult's test
+    split (16,281 rows) hashes in 0.2 s instead of 2.5 s entry by entry.
+    """
+    if column is None:
+        return lambda h, i: h.update(b"N")
+    if _is_torch_tensor(column) and not str(column.dtype).endswith(("bfloat16", "complex64",
+                                                                      "complex128")):
+        column = column.detach().to("cpu").numpy()
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        if column.ndim == 1:  # one scalar per example: as the Python number it holds
+            values = column.tolist()
+            return lambda h, i: _feed(h, values[i])
+        dtype = column.dtype.newbyteorder("<") if column.dtype.byteorder == ">" else column.dtype
+        rows = np.ascontiguousarray(column, dtype=dtype)
+        shape = rows.shape[1:]
+        header = (b"A" + struct.pack("<Q", len(dtype.name)) + dtype.name.encode()
+                  + struct.pack("<Q", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape))
+        flat = rows.reshape(len(rows), -1)
+
+        def feed_row(h, i):
+            h.update(header)
+            h.update(flat[i].tobytes())
+
+        return feed_row
+    return lambda h, i: _feed(h, column[i])
 
 
 def file_sha256(path: str | os.PathLike) -> str:
