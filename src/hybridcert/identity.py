@@ -276,7 +276,9 @@ def model_fingerprint(model, *, name: str | None = None, version: str | None = N
         out = {"kind": "described", "qualname": qualname, "describe": described}
         hf = getattr(model, "model", None)
         if getattr(getattr(hf, "config", None), "name_or_path", None) is not None:
-            out["weights"] = hf_weights_identity(hf)
+            out["weights"] = hf_weights_identity(hf)  # exact with a commit hash or every byte
+            exact &= out["weights"]["revision"] is not None or bool(
+                out["weights"].get("weights_exact"))
         return {**out, "exact": exact}
     if _is_sklearn(model) or _is_sklearn(getattr(model, "estimator", None)):
         try:
