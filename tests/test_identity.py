@@ -321,3 +321,10 @@ def test_the_cli_refuses_another_hateful_memes_split(tmp_path, capsys):
     assert _files(out) == written
     assert _run([*argv, "--split", "dev_seen"], capsys)[0] == 0  # the default, named: resumed
     assert json.loads((out / "run.json").read_text())["data"]["split"] == "dev_seen"
+    # From Python, the guard describes itself, and its weights say where they come from.
+    from hybridcert.models.hf import HFSafetyGuard
+
+    fp = model_fingerprint(HFSafetyGuard.from_pretrained(tiny, policy="policy: flag it"))
+    assert fp["kind"] == "described" and fp["exact"] and json.loads(json.dumps(fp)) == fp
+    assert fp["weights"] == {k: fingerprint[k] for k in fp["weights"]}  # the CLI's, the same
+    assert "forward_batch_size" not in fp["describe"]  # settles during a run: not identity
