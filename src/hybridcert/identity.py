@@ -244,7 +244,8 @@ def model_fingerprint(model, *, name: str | None = None, version: str | None = N
           closure (numbers, strings, arrays, functions, models); ``exact`` is
           False when a default or a closure holds mutable state (a list, a
           dict: known by its type only) or an object without a fingerprint.
-          Globals it reads are not part of it.
+          Globals it reads are not part of it, and the bytecode is the running
+          Python's (another Python version refuses a resume: conservative).
         - ``"object"``: anything else, known only by its ``qualname``
           (``exact`` False): give ``name`` and ``version``.
 
