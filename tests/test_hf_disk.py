@@ -214,9 +214,10 @@ def test_a_dataset_saved_to_disk_certifies_from_the_cli(saved, tiny, tmp_path, c
     assert all(r["model_calls"] == 16 and not r.get("failed") for r in rows)
     settings = json.loads((out / "run.json").read_text())
     assert settings["dataset"] == "hf-disk" and settings["image_size"] == 32
-    assert settings["data"] == {"path": str((saved / "dict").resolve()), "split": "test",
-                                "text": "text", "image": "image", "label": "label",
-                                "filter": "mm_unsafe", "constant_label": None}
+    assert len(settings["data"].pop("sha256")) == 64  # the split's files (issue 20)
+    assert settings["data"] == {"source": "hf-disk", "path": str((saved / "dict").resolve()),
+                                "split": "test", "text": "text", "image": "image",
+                                "label": "label", "filter": "mm_unsafe", "constant_label": None}
     assert main(argv) == 0  # the same data identity resumes: nothing left to do
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
     with pytest.raises(SystemExit):  # another filter is another data set: no resume

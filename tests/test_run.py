@@ -50,8 +50,11 @@ API = {"n0": 20, "n": 200, "progress": False, "report": False}
 
 
 def test_the_default_run_json_is_unchanged():
-    settings = plan(RunConfig()).settings()
-    assert json.loads(json.dumps(settings)) == DEFAULT_RUN_JSON
+    settings = json.loads(json.dumps(plan(RunConfig()).settings()))
+    identity = {k: settings.pop(k) for k in ("data", "model_fingerprint")}  # added by issue 20
+    assert settings == DEFAULT_RUN_JSON
+    assert identity["data"]["source"] == "mm-interaction" and len(identity["data"]["sha256"]) == 64
+    assert identity["model_fingerprint"]["kind"] == "demo"
 
 
 @pytest.mark.parametrize("argv,message", [

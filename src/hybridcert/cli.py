@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
 from ._version import __version__
-from .config import HF_TASKS, parse_batch_size
+from .config import ConfigError, parse_batch_size, parse_target
 from .registries import DATA_SOURCES, MODELS
 
 
@@ -54,118 +56,103 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_certify(commands, common) -> None:
+    from .config import (
+        DataConfig,
+        DecisionConfig,
+        EstimationConfig,
+        ExecutorConfig,
+        ModelConfig,
+        NoiseConfig,
+    )
+
     p = commands.add_parser(
         "certify", parents=[common],
         help="certify a data set with hybrid randomized smoothing, then write the report",
         description="Certify a data set's test split (default: the bundled mm-interaction task "
                     "and its cached demo model) into OUT/results.jsonl; rerun to resume.")
-    a = p.add_argument
-    a("--dataset", choices=list(DATA_SOURCES), default="mm-interaction",
-      help="; ".join(f"{k}: {s.help}" for k, s in DATA_SOURCES.items()))
-    a("--data-path", default=None, help="folder of an on-disk data set (or "
-      "$HYBRIDCERT_HATEFUL_MEMES / $HYBRIDCERT_MMSAFETYBENCH), or the Adult file")
-    a("--split", default=None, help="Hateful Memes' split (dev_seen), or the split of an "
-      "hf-disk DatasetDict (required there)")
-    a("--text-column", default=None, help="hf-disk: column of the user's text (text); "
-      "mm-safetybench: question field such as 'Question' or 'Rephrased Question'")
-    a("--image-column", default=None, help="hf-disk: column of the image, an Image() feature "
-      "or a path (image); 'none' for a text-only set")
-    a("--label-column", default=None, help="hf-disk: column of the label, 0/1, boolean or "
-      "safe/unsafe names (label)")
-    a("--filter-column", default=None, help="hf-disk: boolean column; only its true rows are "
-      "certified (UnsafeBench: mm_unsafe)")
-    a("--constant-label", type=int, choices=(0, 1), default=None,
-      help="hf-disk: the label of every row (1 = unsafe), instead of a label column")
-    a("--model", default="demo", metavar="{" + ",".join(
-        p + ("PATH" if p.endswith(":") else "") for p in MODELS) + "}",
-      help="; ".join(f"{k}{'PATH' if k.endswith(':') else ''}: {e.help}"
-                     for k, e in MODELS.items()))
-    a("--policy", default=None, help="policy text of an hf: guard")
-    a("--hf-rule", choices=("logit_mass", "generate"), default="logit_mass",
-      help="how an hf: chat guard decides: Safe/Unsafe next-token mass, or generation")
-    a("--hf-task", choices=HF_TASKS, default="auto",
-      help="kind of hf: guard (auto: from the model's config): a VLM, a causal LM answering "
-           "safe/unsafe, or a sequence classifier; text guards take no image (sigma none)")
-    a("--hf-flagged", default=None, metavar="LABELS",
-      help="flagged labels of a text-classification guard, by name or index, comma-separated "
-           "(e.g. INJECTION,JAILBREAK; default: every label but 0)")
-    a("--device", default="cpu", help="device of an hf: guard (cpu, cuda, ...)")
-    a("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-      help="precision of an hf: guard (auto: bfloat16 on CUDA, else float32)")
-    a("--image-size", type=int, default=None, help="image size for an hf: guard (processor's)")
-    a("--kernel", choices=("uniform", "absorbing"), default="uniform",
-      help="discrete noise on text tokens (tables always use categorical substitution)")
-    a("--beta", type=float, default=0.25, help="substitution probability (0.25)")
-    a("--sigma", type=float, default=0.5, help="Gaussian noise level (0.5)")
-    a("--decision", choices=("auto", "threshold", "majority"), default="auto",
-      help="threshold: flag --target-label iff its probability >= --tau; majority: most "
-           "probable label; auto: threshold for mm-interaction and hf:, else majority")
-    a("--tau", type=float, default=0.05, help="threshold of the threshold rule (0.05; the "
-      "paper's 4.6e-5 suits a near-deterministic guard)")
-    a("--target-label", type=int, default=1,
-      help="label certified by the threshold rule (default 1 = unsafe)")
-    a("--n0", type=int, default=100, help="selection samples per example (100)")
-    a("--n", type=int, default=10_000, help="estimation samples per example (10000)")
-    a("--alpha", type=float, default=0.001, help="failure probability (0.001)")
-    a("--d-max", type=int, default=None,
-      help="largest discrete budget (default: min(8, attackable positions))")
-    a("--threat", choices=("l0", "suffix", "append"), default="l0",
-      help="which positions are noised and attackable (default l0: all)")
-    a("--threat-size", type=int, default=4,
-      help="suffix length or number of appended positions (default 4)")
-    a("--filler", type=int, default=0, help="token id of appended fillers")
-    a("--attacker-alphabet", choices=("any", "noise"), default="any",
-      help="symbols the attacker may write: any (default, safe) or only the noise alphabet's "
-           "(an assumption about the tokenizer and input channel, recorded in the results)")
-    a("--denoiser", default=None, metavar="diffusers:PATH_OR_NAME",
-      help="denoised smoothing for an hf: image guard: a diffusers UNet2DModel and its "
-           "DDPMScheduler denoise each noisy image in one step at the noise level 2 sigma of "
-           "its [-1, 1] scale (the noise itself stays sigma in the guard's pixels)")
-    a("--baseline", choices=("none", "image-only", "text-only"), default="none",
-      help="certify a baseline: image-only (Gaussian only) or text-only (token noise only)")
-    a("--protocol", choices=("shared", "per_budget"), default="shared",
-      help="shared-D (one estimate for all budgets) or the published loop over d")
-    a("--batch-size", type=parse_batch_size, default=1000, help="samples per model call (1000); "
-      "auto (hf:): the guard halves its forward batch on out-of-memory, and records it")
-    a("--sampling", choices=("fixed", "sequential"), default=None,
-      help="fixed (default): n samples per example; sequential: stop once every question is "
-           "decided (the --target ones, else every (d, r) of the report's grid), with an "
-           "anytime-valid bound (up to --n-max samples); --target implies sequential")
-    a("--target", dest="targets", type=_target, action="append", default=None,
-      metavar="D:R", help="ask one question: is the input certified against D changed tokens "
-      "and an L2 radius R? (repeatable; sequential sampling stops as soon as each is certified "
-      "or out of reach)")
-    a("--n-max", type=int, default=None, help="most samples under --sampling sequential "
-      "(100000)")
-    a("--seed", type=int, default=0, help="seed of data, model and noise (0)")
-    a("--threads", type=int, default=None, help="torch threads (default: the CPUs this "
-      "process may use minus the load on them)")
-    a("--executor", choices=("local", "ray"), default="local",
-      help="run examples here, or on Ray actors, one model replica each (hybridcert[ray])")
-    a("--ray-address", default=None, help="a Ray cluster ('auto', 'ray://host:10001')")
-    a("--workers", type=int, default=2, help="Ray actors (model replicas), 2")
-    a("--cpus-per-worker", type=float, default=1, help="CPUs per actor (1)")
-    a("--gpus-per-worker", type=float, default=0, help="GPUs per actor (0)")
-    a("--max-in-flight", type=int, default=None,
-      help="examples submitted but unfinished, at most (default 2 x workers)")
-    a("--max-retries", type=int, default=2, help="retries of an example whose certification "
-      "raised, before a failed row (2); the next run retries failed rows")
-    a("--limit", type=int, default=None, help="certify only the first N test examples")
+    add_config_arguments(p, DataConfig, ModelConfig, NoiseConfig, DecisionConfig,
+                         EstimationConfig, ExecutorConfig, overrides=_registry_options())
+    a = p.add_argument_group("output").add_argument
     a("--out", default=None, help="output directory (default: runs/DATASET)")
-    a("--cache-dir", default=None, help="where demo models are cached")
     a("--no-report", action="store_true", help="do not write the report")
     a("--no-progress", action="store_true", help="no progress bar")
     a("--verbose", action="store_true", help="log what the run does (threads, training)")
     p.set_defaults(run=_run_certify)
 
 
-def _target(text: str) -> tuple[int, float]:
-    from .config import ConfigError, parse_target
+def add_config_arguments(parser: argparse.ArgumentParser, *groups: type,
+                         overrides: dict[str, dict] | None = None) -> argparse.ArgumentParser:
+    """Add the options of configuration dataclasses to ``parser``, one argument group each.
 
-    try:
-        return parse_target(text)
-    except ConfigError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    Every field is an option unless its metadata says ``"cli": False``: its
+    destination is the field's name (so :meth:`~hybridcert.config.RunConfig.from_args`
+    reads it back), its default the field's default, and its metadata gives
+    ``flag`` (default ``--`` and the name with dashes), ``help``, ``choices``,
+    ``type`` (default from the annotation: int, float, else a string),
+    ``metavar`` and ``action``. A parsing function that raises
+    :class:`~hybridcert.config.ConfigError` has its message shown as is.
+    ``overrides`` (field name -> keyword arguments) adds what the registries
+    know (the data set names, the model prefixes).
+
+    Examples
+    --------
+    >>> from hybridcert.config import NoiseConfig
+    >>> parser = add_config_arguments(argparse.ArgumentParser(), NoiseConfig)
+    >>> parser.parse_args(["--sigma", "0.25"]).sigma, parser.parse_args([]).kernel
+    (0.25, 'uniform')
+    """
+    overrides = overrides or {}
+    for kind in groups:
+        title = kind.__name__.removesuffix("Config").lower()
+        doc = (kind.__doc__ or "").strip().splitlines()  # its first line, without markup
+        doc = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc[0]).replace("``", "") if doc else None
+        group = parser.add_argument_group(title, doc)
+        for f in dataclasses.fields(kind):
+            meta = dict(f.metadata)
+            if not meta.pop("cli", True):
+                continue
+            flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+            options = {"dest": f.name, "default": f.default, **meta, **overrides.get(f.name, {})}
+            if options.get("action") not in ("store_true", "store_false"):
+                options["type"] = _option_type(options.get("type"), f.type)
+            group.add_argument(flag, **options)
+    return parser
+
+
+def _option_type(parse, annotation) -> type | None:
+    """The type of an option: the metadata's parser (ConfigError shown as is), else the
+    annotation's int or float, else None (a string)."""
+    if parse is not None:
+        if parse in (int, float, str):
+            return parse
+
+        def convert(text):
+            try:
+                return parse(text)
+            except ConfigError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        convert.__name__ = parse.__name__  # argparse names it in "invalid ... value"
+        return convert
+    if annotation in (int, float):
+        return annotation
+    first = str(annotation).split("|")[0].strip()  # "int | None", as a string or a union
+    return {"int": int, "float": float}.get(first)
+
+
+def _registry_options() -> dict[str, dict]:
+    """``--dataset`` and ``--model`` from what the registries hold now; the parsers of the
+    two options whose text is not a plain number (the spec, in spec.py, imports no config)."""
+    return {
+        "targets": {"type": parse_target},
+        "batch_size": {"type": parse_batch_size},
+        "dataset": {"choices": list(DATA_SOURCES),
+                    "help": "; ".join(f"{k}: {s.help}" for k, s in DATA_SOURCES.items())},
+        "model": {"metavar": "{" + ",".join(p + ("PATH" if p.endswith(":") else "")
+                                            for p in MODELS) + "}",
+                  "help": "; ".join(f"{k}{'PATH' if k.endswith(':') else ''}: {e.help}"
+                                    for k, e in MODELS.items())},
+    }
 
 
 def _run_certify(args) -> int:

@@ -46,6 +46,20 @@ def parse_batch_size(text: str) -> int | str:
     return text if text == "auto" else int(text)
 
 
+def parse_target(text: str) -> tuple[int, float]:
+    """``--target D:R``: a discrete budget ``D`` (integer >= 0) and an L2 radius ``R``; the
+    spec checks the pair (:class:`~hybridcert.spec.EstimationSpec`)."""
+    d, sep, r = text.partition(":")
+    try:
+        if not sep or not d.strip().isdigit():
+            raise ValueError
+        budget, radius = int(d), float(r)
+    except ValueError:
+        raise ConfigError("--target", "D:R, a budget D (integer >= 0) and a radius R >= 0, "
+                          "such as 1:0.5", text) from None
+    return budget, radius
+
+
 class ConfigError(ValueError):
     """A user mistake in the run configuration: names the argument and what is expected."""
 
@@ -73,15 +87,24 @@ class DataConfig:
     columns ``text``, ``image`` and ``label`` (a ``DatasetDict`` has no
     default split), MM-SafetyBench's question field by image type.
     ``image_column="none"`` reads a text-only hf-disk set.
+
+    The ``metadata`` of every field is its command-line option (``flag``,
+    ``help``, ``choices``, ``type``, ``metavar``, ``action``; see
+    :func:`hybridcert.cli.add_config_arguments`); the default is the field's.
     """
 
-    dataset: str = "mm-interaction"
-    data_path: str | None = None
+    dataset: str = field(default="mm-interaction", metadata={
+        "help": None})  # choices and help: the registry's data sets (cli.py)
+    data_path: str | None = field(default=None, metadata={
+        "help": "folder of an on-disk data set (or $HYBRIDCERT_HATEFUL_MEMES / "
+        "$HYBRIDCERT_MMSAFETYBENCH), or the Adult file"})
     split: str | None = field(default=None, metadata={
-        "flag": "--split", "help": "split: Hateful Memes' <split>.jsonl (dev_seen), or the split "
-        "of a DatasetDict (hf-disk, required there)"})
-    image_size: int | None = None
-    limit: int | None = None
+        "flag": "--split", "help": "Hateful Memes' split (dev_seen), or the split of an "
+        "hf-disk DatasetDict (required there)"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "image size for an hf: guard (processor's)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "certify only the first N test examples"})
     text_column: str | None = field(default=None, metadata={
         "flag": "--text-column", "help": "hf-disk: column of the user's text (text); "
         "mm-safetybench: question field such as 'Question' or 'Rephrased Question'"})
@@ -103,72 +126,100 @@ class DataConfig:
 class ModelConfig:
     """The base model: a registered prefix (``demo``, ``sklearn:PATH``, ``hf:NAME``) and options."""
 
-    model: str = "demo"
-    policy: str | None = None
-    hf_rule: str = "logit_mass"
-    hf_task: str = "auto"  # the kind of hf: guard; auto: read from the model's config
-    hf_flagged: str | None = None  # flagged labels of a text-classification guard
-    device: str = "cpu"
-    dtype: str = "auto"
-    cache_dir: str | None = None
+    model: str = field(default="demo", metadata={
+        "help": None})  # metavar and help: the registry's model prefixes (cli.py)
+    policy: str | None = field(default=None, metadata={"help": "policy text of an hf: guard"})
+    hf_rule: str = field(default="logit_mass", metadata={
+        "choices": HF_RULES,
+        "help": "how an hf: chat guard decides: Safe/Unsafe next-token mass, or generation"})
+    hf_task: str = field(default="auto", metadata={  # auto: read from the model's config
+        "choices": HF_TASKS,
+        "help": "kind of hf: guard (auto: from the model's config): a VLM, a causal LM "
+        "answering safe/unsafe, or a sequence classifier; text guards take no image (sigma "
+        "none)"})
+    hf_flagged: str | None = field(default=None, metadata={  # a text-classification guard's
+        "metavar": "LABELS",
+        "help": "flagged labels of a text-classification guard, by name or index, "
+        "comma-separated (e.g. INJECTION,JAILBREAK; default: every label but 0)"})
+    device: str = field(default="cpu", metadata={
+        "help": "device of an hf: guard (cpu, cuda, ...)"})
+    dtype: str = field(default="auto", metadata={
+        "choices": DTYPES, "help": "precision of an hf: guard (auto: bfloat16 on CUDA, else "
+        "float32)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where demo models are cached"})
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
     """Smoothing noise and threat region (tables always use categorical substitution)."""
 
-    kernel: str = "uniform"
-    beta: float = 0.25
-    sigma: float = 0.5
-    threat: str = "l0"
-    threat_size: int = 4
-    filler: int = 0
-    attacker_alphabet: str = "any"
-    baseline: str = "none"
-    denoiser: str | None = None  # "diffusers:PATH_OR_NAME": denoised smoothing (hf: image guards)
+    kernel: str = field(default="uniform", metadata={
+        "choices": KERNELS, "help": "discrete noise on text tokens (tables always use "
+        "categorical substitution)"})
+    beta: float = field(default=0.25, metadata={"help": "substitution probability (0.25)"})
+    sigma: float = field(default=0.5, metadata={"help": "Gaussian noise level (0.5)"})
+    threat: str = field(default="l0", metadata={
+        "choices": THREATS,
+        "help": "which positions are noised and attackable (default l0: all)"})
+    threat_size: int = field(default=4, metadata={
+        "help": "suffix length or number of appended positions (default 4)"})
+    filler: int = field(default=0, metadata={"help": "token id of appended fillers"})
+    attacker_alphabet: str = field(default="any", metadata={
+        "choices": ATTACKER_ALPHABETS,
+        "help": "symbols the attacker may write: any (default, safe) or only the noise "
+        "alphabet's (an assumption about the tokenizer and input channel, recorded in the "
+        "results)"})
+    baseline: str = field(default="none", metadata={
+        "choices": BASELINES, "help": "certify a baseline: image-only (Gaussian only) or "
+        "text-only (token noise only)"})
+    denoiser: str | None = field(default=None, metadata={  # denoised smoothing (hf: image guards)
+        "metavar": "diffusers:PATH_OR_NAME",
+        "help": "denoised smoothing for an hf: image guard: a diffusers UNet2DModel and its "
+        "DDPMScheduler denoise each noisy image in one step at the noise level 2 sigma of "
+        "its [-1, 1] scale (the noise itself stays sigma in the guard's pixels)"})
 
 
 @dataclass(frozen=True)
 class DecisionConfig:
     """The requested rule; ``auto`` is resolved by :func:`plan` into a DecisionRule."""
 
-    decision: str = "auto"
-    tau: float = 0.05
-    target_label: int = 1
+    decision: str = field(default="auto", metadata={
+        "choices": DECISIONS,
+        "help": "threshold: flag --target-label iff its probability >= --tau; majority: most "
+        "probable label; auto: threshold for mm-interaction and hf:, else majority"})
+    tau: float = field(default=0.05, metadata={
+        "help": "threshold of the threshold rule (0.05; the paper's 4.6e-5 suits a "
+        "near-deterministic guard)"})
+    target_label: int = field(default=1, metadata={
+        "help": "label certified by the threshold rule (default 1 = unsafe)"})
 
 
 # The estimation options are the engine's own spec (one definition, checked on construction).
 EstimationConfig = EstimationSpec
 
 
-def parse_target(text: str) -> tuple[int, float]:
-    """``--target D:R``: a discrete budget ``D`` (integer >= 0) and an L2 radius ``R``; the
-    spec checks the pair (:class:`~hybridcert.spec.EstimationSpec`)."""
-    d, sep, r = text.partition(":")
-    try:
-        if not sep or not d.strip().isdigit():
-            raise ValueError
-        budget, radius = int(d), float(r)
-    except ValueError:
-        raise ConfigError("--target", "D:R, a budget D (integer >= 0) and a radius R >= 0, "
-                          "such as 1:0.5", text) from None
-    return budget, radius
-
-
 @dataclass(frozen=True)
 class ExecutorConfig:
     """Where examples run; nothing here changes a result."""
 
-    executor: str = "local"
-    ray_address: str | None = None
-    workers: int = 2
-    cpus_per_worker: float = 1
-    gpus_per_worker: float = 0
-    max_in_flight: int | None = None
-    threads: int | None = None
-    progress: bool = True
-    report: bool = True
-    max_retries: int = 2
+    executor: str = field(default="local", metadata={
+        "choices": EXECUTORS, "help": "run examples here, or on Ray actors, one model replica "
+        "each (hybridcert[ray])"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "a Ray cluster ('auto', 'ray://host:10001')"})
+    workers: int = field(default=2, metadata={"help": "Ray actors (model replicas), 2"})
+    cpus_per_worker: float = field(default=1, metadata={"help": "CPUs per actor (1)"})
+    gpus_per_worker: float = field(default=0, metadata={"help": "GPUs per actor (0)"})
+    max_in_flight: int | None = field(default=None, metadata={
+        "help": "examples submitted but unfinished, at most (default 2 x workers)"})
+    threads: int | None = field(default=None, metadata={
+        "help": "torch threads (default: the CPUs this process may use minus the load on "
+        "them)"})
+    progress: bool = field(default=True, metadata={"cli": False})  # the CLI's --no-progress
+    report: bool = field(default=True, metadata={"cli": False})  # the CLI's --no-report
+    max_retries: int = field(default=2, metadata={
+        "help": "retries of an example whose certification raised, before a failed row (2); "
+        "the next run retries failed rows"})
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ against them (before any data or model is loaded).
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ import numpy as np
 
 from .config import ConfigError, RunConfig
 from .datasets.base import Split
+from .identity import file_sha256, hf_weights_identity, model_fingerprint, split_sha256, tree_sha256
 
 __all__ = ["DATA_SOURCES", "MODELS", "DataSource", "ModelEntry", "Task", "check_config",
-           "model_entry", "register_dataset", "register_model"]
+           "data_identity", "model_entry", "model_identity", "register_dataset",
+           "register_model"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ class ModelEntry:
     check: Callable = lambda config, source: None
     prepare: Callable | None = None  # prepare(config, task) -> Task (for example, tokenize)
     help: str = ""
+    # fingerprint(config, task) -> dict: the model's identity for run.json, without building it
+    fingerprint: Callable | None = None
 
 
 DATA_SOURCES: dict[str, DataSource] = {}
@@ -116,8 +121,13 @@ def _bundled(name, loader, reads_path=False):
     def load(config: RunConfig) -> Task:
         data = (loader(config.data.data_path, seed=config.estimation.seed) if reads_path
                 else loader(seed=config.estimation.seed))
+        identity = {"source": name, "sha256": split_sha256(data.test)}
+        path = config.data.data_path or (os.environ.get("HYBRIDCERT_ADULT") if reads_path
+                                         else None)
+        if path:  # your own copy: its path too (the hash says whether its contents changed)
+            identity["path"] = str(Path(path).expanduser().resolve())
         return Task(split=data.test, num_classes=data.num_classes, vocab_size=data.vocab_size,
-                    arities=data.arities, dataset=data)
+                    arities=data.arities, dataset=data, settings={"data": identity})
 
     return load
 
@@ -127,11 +137,16 @@ def _on_disk(name):
         from .datasets.safety import load_hateful_memes, load_mm_safetybench
 
         d = config.data
+        identity = _identity(config)
         if name == "hateful-memes":  # the loaders' own defaults where an option is None
             raw = load_hateful_memes(d.data_path, **({"split": d.split} if d.split else {}))
+            # the split read, named (the default is the same split as its name)
+            identity["split"] = d.split or inspect.signature(
+                load_hateful_memes).parameters["split"].default
         else:
             raw = load_mm_safetybench(d.data_path, text_field=d.text_column)
-        return Task(split=None, num_classes=2, raw=raw, settings={"data": _identity(config)})
+        return Task(split=None, num_classes=2, raw=raw,
+                    settings={"data": {**identity, "sha256": _raw_sha256(raw)}})
 
     return load
 
@@ -146,17 +161,49 @@ def _load_hf_disk(config: RunConfig) -> Task:
             "label": None if d.constant_label is not None else d.label_column or "label",
             "filter": d.filter_column, "constant_label": d.constant_label}
     raw = load_hf_disk(d.data_path, **read, limit=d.limit)
+    root = Path(d.data_path).expanduser().resolve()
+    # The files of the split (the rows read stop at --limit, which may change between runs).
+    files = root / d.split if d.split and (root / d.split).is_dir() else root
     return Task(split=None, num_classes=2, raw=raw,
-                settings={"data": {"path": str(Path(d.data_path).expanduser().resolve()), **read}})
+                settings={"data": {"source": "hf-disk", "path": str(root), **read,
+                                   "sha256": tree_sha256(files)}})
 
 
 def _identity(config: RunConfig) -> dict:
-    """The data identity a run records: the folder and the options its source reads (None:
+    """The data identity a run records: the source, its folder and the options it reads (None:
     the loader's default)."""
     source = DATA_SOURCES[config.data.dataset]
     path = config.data.data_path or (os.environ.get(source.env) if source.env else None)
-    return {"path": str(Path(path).expanduser().resolve()),
+    return {"source": source.name, "path": str(Path(path).expanduser().resolve()),
             **{name: getattr(config.data, name) for name in source.options}}
+
+
+def _raw_sha256(raw: list) -> str:
+    """The hash of raw examples: ids, texts, labels, and each image file's bytes (or the
+    in-memory picture's pixels)."""
+    images = [file_sha256(e.image_path) if e.image_path is not None
+              else None if e.image is None else np.asarray(e.image) for e in raw]
+    return split_sha256(Split(ids=[e.id for e in raw], x_discrete=[e.text for e in raw],
+                              x_continuous=images, y=[e.label for e in raw]))
+
+
+def data_identity(config: RunConfig, task: Task) -> dict:
+    """``run.json``'s ``data``: the source, path and options, and a SHA-256 of the examples
+    (:func:`~hybridcert.identity.split_sha256` of the whole split, so ``--limit`` may change)."""
+    if "data" in task.settings:
+        return task.settings["data"]
+    return {"source": config.data.dataset, "sha256": split_sha256(task.split)}
+
+
+def model_identity(config: RunConfig, task: Task) -> dict:
+    """``run.json``'s ``model_fingerprint``: the registry entry's, else the loaded model's
+    (:func:`~hybridcert.identity.model_fingerprint`), else the name given (``exact`` False)."""
+    entry = model_entry(config.model.model)
+    if entry.fingerprint is not None:
+        return entry.fingerprint(config, task)
+    if task.model is not None:
+        return model_fingerprint(task.model)
+    return {"kind": "registered", "name": config.model.model, "exact": False}
 
 
 def _register_defaults() -> None:
@@ -186,11 +233,13 @@ def _register_defaults() -> None:
                      default_decision="threshold", options=DATA_OPTIONS,
                      help="a Hugging Face data set saved with save_to_disk (hybridcert[datasets]), "
                           "with --model hf:...")
-    register_model("demo", _build_demo, check=_check_demo,
+    register_model("demo", _build_demo, check=_check_demo, fingerprint=_fingerprint_demo,
                    help="the bundled model, trained under noise and cached")
     register_model("sklearn:", _build_sklearn, check=_check_sklearn,
+                   fingerprint=_fingerprint_sklearn,
                    help="a pickled fitted scikit-learn classifier for a table")
     register_model("hf:", _build_hf, check=_check_hf, prepare=_prepare_hf,
+                   fingerprint=_fingerprint_hf,
                    help="a Hugging Face safety guard: a VLM or a causal LM answering "
                         "safe/unsafe, or a sequence classifier (--hf-task)")
 
@@ -233,18 +282,49 @@ def _check_demo(config: RunConfig, source: DataSource) -> None:
         raise ConfigError("--model", f"hf:NAME_OR_PATH for --dataset {source.name}", "demo")
 
 
+def _demo_options(config: RunConfig, data) -> dict:
+    """The demo model's training options (its cache key follows them)."""
+    z = config.noise
+    options = {"sigma": z.sigma, "beta": z.beta, "random_state": config.estimation.seed}
+    return options if data.arities is not None else {**options, "kernel": z.kernel}
+
+
 def _build_demo(spec):
     from .models import demo
 
     data = spec.load_task().dataset  # the demo model is defined by its training data
-    z = spec.config.noise
     cache = spec.config.model.cache_dir
     if data.arities is not None:
-        return demo.tabular_model(data, sigma=z.sigma, beta=z.beta,
-                                  random_state=spec.config.estimation.seed, cache=cache)
-    return demo.mm_interaction_model(data, sigma=z.sigma, beta=z.beta,
-                                     random_state=spec.config.estimation.seed, cache=cache,
-                                     verbose=True, kernel=z.kernel)
+        return demo.tabular_model(data, **_demo_options(spec.config, data), cache=cache)
+    return demo.mm_interaction_model(data, **_demo_options(spec.config, data), cache=cache,
+                                     verbose=True)
+
+
+def _fingerprint_demo(config: RunConfig, task: Task) -> dict:
+    """The demo model's cache key: its training data, options and library versions."""
+    from .models import demo
+
+    data = task.dataset
+    if data is None:  # a registered source without a training set: nothing to key on
+        return {"kind": "demo", "cache_key": None, "exact": False}
+    key = (demo.tabular_key if data.arities is not None else demo.mm_interaction_key)(
+        data, **_demo_options(config, data))
+    return {"kind": "demo", "cache_key": key, "exact": True}
+
+
+def _fingerprint_sklearn(config: RunConfig, task: Task) -> dict:
+    path = Path(config.model.model.split(":", 1)[1]).expanduser().resolve()
+    return {"kind": "sklearn", "path": str(path), "sha256": file_sha256(path), "exact": True}
+
+
+def _fingerprint_hf(config: RunConfig, task: Task) -> dict:
+    """The guard's name, then where its weights come from (the guard is loaded by the plan
+    already, to tokenize the data): path, revision (commit hash), config hash and a local
+    folder's weights hash. Exact with a commit hash or a full hash of the weights."""
+    name = config.model.model.split(":", 1)[1]
+    weights = hf_weights_identity(task.model.model) if task.model is not None else {}
+    return {"kind": "hf", "name": name, **weights,
+            "exact": weights.get("revision") is not None or bool(weights.get("weights_exact"))}
 
 
 def _check_sklearn(config: RunConfig, source: DataSource) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from .config import ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule
-from .registries import DATA_SOURCES, Task, check_config, model_entry
+from .registries import DATA_SOURCES, Task, check_config, data_identity, model_entry, model_identity
 from .rundir import check_run_dir
 from .runsettings import RunSettings
 from .smoothing import engine_batch
@@ -161,7 +161,9 @@ class Plan:
     def record(self) -> RunSettings:
         """The run's settings record (:class:`~hybridcert.runsettings.RunSettings`)."""
         c, t = self.config, self.task.settings
-        return RunSettings(dataset=c.data.dataset, model=c.model.model, data=t.get("data"),
+        return RunSettings(dataset=c.data.dataset, model=c.model.model,
+                           data=data_identity(c, self.task),
+                           model_fingerprint=model_identity(c, self.task),
                            guard=t.get("guard"), image_size=t.get("image_size"),
                            classifier=self.builder.classifier_settings(),
                            estimation=c.estimation, limit=c.data.limit)
@@ -249,6 +251,14 @@ def set_threads(threads: int | None) -> int:
 # --------------------------------------------------------------------------- running a plan
 
 
+def _brief(value) -> str:
+    """A setting on the announce line: a described component as ``name(key=value, ...)``."""
+    if not isinstance(value, dict):
+        return str(value)
+    items = [f"{k}={v}" for k, v in value.items() if v is not None and not isinstance(v, dict)]
+    return "(" + ", ".join(items) + ")"
+
+
 def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = None) -> Path:
     """Certify the run ``config`` describes (local or Ray) and write its report; the run directory.
 
@@ -260,8 +270,9 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     p = plan(config)
     say = announce or (lambda line: logger.info("%s", line))
     settings = p.settings()
-    say("hybridcert certify: " + ", ".join(f"{k}={v}" for k, v in settings.items()
-                                           if v is not None))
+    say("hybridcert certify: " + ", ".join(
+        f"{k}={_brief(v)}" for k, v in settings.items()
+        if v is not None and k not in ("data", "model_fingerprint", "guard")))  # identity: run.json
     out = config.out_dir
     x = config.executor
     # A resume with other settings is refused now, before the model is built or trained.

@@ -118,30 +118,12 @@ def check_run_dir(out: str | os.PathLike, settings: dict) -> None:
     """
     out = Path(out)
     recorded_path, results = out / SETTINGS, out / RESULTS
-    comparable = _comparable(settings)
     if recorded_path.exists():
-        recorded = _comparable(json.loads(recorded_path.read_text()))
-        if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
-            raise SettingsMismatch(
-                f"{out} holds results drawn with other noise streams "
-                f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
-                f", this version draws {comparable['stream']}): the same example would get other "
-                "noise, so the run cannot be resumed or extended; use another output directory")
-        if recorded != comparable:
-            diff = sorted(k for k in set(recorded) | set(comparable)
-                          if recorded.get(k) != comparable.get(k))
-            detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
-            raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
-                                   "use another output directory or the same settings")
+        _check_same(out, json.loads(recorded_path.read_text()), settings)
     elif results.exists() and results.stat().st_size > 0:
         raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
                                "of its rows are unknown; use another output directory, or "
                                f"delete {results} to start over")
-
-
-def _comparable(settings: dict) -> dict:
-    """The settings a resume must match: JSON types, without those that change no result."""
-    return json_safe({k: v for k, v in settings.items() if k not in _IGNORED}, "settings")
 
 
 def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[str, dict]]:
@@ -162,6 +144,79 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
         os.replace(tmp, recorded_path)
     rows = read_results(out / RESULTS, repair=True)
     return out, {k: r for k, r in rows.items() if not r.get("failed")}
+
+
+def _check_same(out: Path, recorded: dict, settings: dict) -> None:
+    """Raise :class:`SettingsMismatch` unless ``recorded`` and ``settings`` agree on every
+    setting that changes a result (the run's identity first, with the reason)."""
+    comparable = json_safe({k: v for k, v in settings.items() if k not in _IGNORED}, "settings")
+    recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+    if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
+        raise SettingsMismatch(
+            f"{out} holds results drawn with other noise streams "
+            f"({recorded.get('stream') or 'the batch-size-dependent streams of hybridcert <= 0.1'}"
+            f", this version draws {comparable['stream']}): the same example would get other "
+            "noise, so the run cannot be resumed or extended; use another output directory")
+    if recorded != comparable:
+        diff = sorted(k for k in set(recorded) | set(comparable)
+                      if recorded.get(k) != comparable.get(k))
+        # The run's identity first, with the reason; then every other setting that differs.
+        diff.sort(key=lambda k: k not in _IDENTITY)
+        detail = ", ".join(_IDENTITY[k](recorded.get(k), comparable.get(k)) if k in _IDENTITY
+                           else f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}"
+                           for k in diff)
+        raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
+                               "use another output directory or the same settings")
+
+
+def _short(digest) -> str:
+    return f"{digest[:8]}.." if isinstance(digest, str) else "none"
+
+
+def _data_reason(recorded, now) -> str:
+    """Why the examples differ: their hash, and the source, path or options that changed."""
+    recorded, now = recorded or {}, now or {}
+    if "sha256" not in recorded:
+        return ("data: the run directory records no hash of its examples (written before "
+                "hybridcert recorded one), so its rows cannot be matched to these examples")
+    changed = "; ".join(f"{k}: {recorded.get(k)!r} -> {now.get(k)!r}"
+                        for k in sorted(set(recorded) | set(now))
+                        if k != "sha256" and recorded.get(k) != now.get(k))
+    if recorded["sha256"] == now.get("sha256"):
+        return f"data: the same examples read otherwise ({changed})"
+    return (f"data: the data differ (sha256 {_short(recorded['sha256'])} recorded, "
+            f"{_short(now.get('sha256'))} now): another data file, split or filter"
+            + (f" ({changed})" if changed else ""))
+
+
+def _model_reason(recorded, now) -> str:
+    """Which model each run used, and a hint where a fingerprint is only a name."""
+    def shown(fp):
+        if not isinstance(fp, dict):
+            return "none recorded"
+        parts = [fp.get(k) for k in ("kind", "name", "version", "qualname", "path", "revision",
+                                     "cache_key") if fp.get(k) is not None]
+        parts += [f"{k} {_short(fp[k])}" for k in ("sha256", "code_sha256", "config_sha256", "weights_sha256")
+                  if isinstance(fp.get(k), str)]
+        if fp.get("kind") == "described":
+            parts.append("describe() " + _short(_digest(fp.get("describe"))))
+        return " ".join(map(str, parts))
+
+    weak = any(isinstance(fp, dict) and not fp.get("exact", True) for fp in (recorded, now))
+    hint = ("; a fingerprint with exact false identifies a model only in part (by its name, "
+            "or a function's code without its mutable state): give certify_dataset "
+            "model_name= and model_version= to name yours") if weak else ""
+    return f"model: another model ({shown(recorded)} recorded, {shown(now)} now{hint})"
+
+
+def _digest(value) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+# The run's identity (issue 20): a difference is explained, not only shown.
+_IDENTITY = {"data": _data_reason, "model_fingerprint": _model_reason}
 
 
 # --------------------------------------------------------------------------- reading rows

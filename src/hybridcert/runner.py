@@ -243,6 +243,8 @@ def certify_dataset(
     progress: bool = True,
     report: bool = True,
     max_retries: int = 2,
+    model_name: str | None = None,
+    model_version: str | None = None,
 ) -> Path:
     """Certify your own examples with your smoothed classifier into a resumable run directory.
 
@@ -278,6 +280,15 @@ def certify_dataset(
         Example ``i`` draws its noise from ``SeedSequence([seed, i])``.
     name : str
         The data set's name in ``run.json`` and the report.
+    model_name, model_version : str, optional
+        Your model's name and version, recorded in ``run.json`` as its
+        fingerprint. Without them the fingerprint is computed
+        (:func:`~hybridcert.identity.model_fingerprint`: the model's
+        ``describe()``, the hash of a scikit-learn estimator's pickle, of a
+        torch module's weights, or of a function's code); give them for a
+        model known only by its class name. A resume into ``out`` with other
+        examples (``run.json``'s ``data.sha256``) or another model is refused
+        with the reason.
 
     Returns
     -------
@@ -299,6 +310,8 @@ def certify_dataset(
     >>> len(frame), frame["id"].is_unique, int(frame["failed"].sum())
     (4, True, 0)
     """
+    from .identity import model_fingerprint, split_sha256
+
     if not isinstance(smoothed, SmoothedClassifier):
         raise TypeError("smoothed must be a hybridcert.SmoothedClassifier")
     # Every check before anything is written: the spec, the classifier against it, the
@@ -321,8 +334,13 @@ def certify_dataset(
                              f"shortest example, got {spec.d_max}")
     model = smoothed.base_classifier
     describe_model(model)   # a description JSON cannot hold is refused here, not at a row
-    record = RunSettings.of(smoothed, spec, dataset=name, limit=limit,
-                            model=getattr(model, "__qualname__", None) or type(model).__qualname__)
+    # The run's identity, checked on resume: a hash of the examples, and the model's
+    # fingerprint (a name and version given by the user win).
+    record = RunSettings.of(
+        smoothed, spec, dataset=name, limit=limit,
+        model=model_name or getattr(model, "__qualname__", None) or type(model).__qualname__,
+        data={"source": "python", "sha256": split_sha256(split)},
+        model_fingerprint=model_fingerprint(model, name=model_name, version=model_version))
     out = certify_split(smoothed, split, out, record.to_json(), spec, limit=limit,
                         progress=progress, max_retries=max_retries)
     if report and any(not r["failed"] for r in read_results(out / RESULTS).values()):

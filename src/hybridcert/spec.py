@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -76,17 +76,33 @@ class EstimationSpec:
     hybridcert._validation.ParameterError: seed must be an integer >= 0, got 1.5
     """
 
-    n0: int = 100
-    n: int = 10_000
-    alpha: float = 0.001
-    d_max: int | None = None
-    protocol: str = "shared"
-    seed: int = 0
-    sampling: str | None = None
-    n_max: int | None = None
-    targets: tuple | str | None = None
-    batch_size: int | str | None = 1000
-    rtol: float = 0.02
+    # The metadata is the command line's (hybridcert.cli.add_config_arguments generates the
+    # options; the parsers of --target and --batch-size text are the CLI's own).
+    n0: int = field(default=100, metadata={"help": "selection samples per example (100)"})
+    n: int = field(default=10_000, metadata={"help": "estimation samples per example (10000)"})
+    alpha: float = field(default=0.001, metadata={"help": "failure probability (0.001)"})
+    d_max: int | None = field(default=None, metadata={
+        "help": "largest discrete budget (default: min(8, attackable positions))"})
+    protocol: str = field(default="shared", metadata={
+        "choices": PROTOCOLS,
+        "help": "shared-D (one estimate for all budgets) or the published loop over d"})
+    seed: int = field(default=0, metadata={"help": "seed of data, model and noise (0)"})
+    sampling: str | None = field(default=None, metadata={
+        "choices": SAMPLINGS,
+        "help": "fixed (default): n samples per example; sequential: stop once every question "
+        "is decided (the --target ones, else every (d, r) of the report's grid), with an "
+        "anytime-valid bound (up to --n-max samples); --target implies sequential"})
+    n_max: int | None = field(default=None, metadata={
+        "help": f"most samples under --sampling sequential ({SEQUENTIAL_N_MAX})"})
+    targets: tuple | str | None = field(default=None, metadata={
+        "flag": "--target", "action": "append", "metavar": "D:R",
+        "help": "ask one question: is the input certified against D changed tokens and an L2 "
+        "radius R? (repeatable; sequential sampling stops as soon as each is certified or out "
+        "of reach)"})
+    batch_size: int | str | None = field(default=1000, metadata={
+        "help": "samples per model call (1000); auto (hf:): the guard halves its forward batch "
+        "on out-of-memory, and records it"})
+    rtol: float = field(default=0.02, metadata={"cli": False})  # frontier mode (Python only)
 
     _parameter_constraints: ClassVar[dict] = {
         "n0": [Interval(numbers.Integral, 1, None, closed="left")],

@@ -90,8 +90,7 @@ def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_sta
     ``kernel="absorbing"`` trains it under mask noise, with one more embedding
     row for the mask id ``data.vocab_size`` (the id the CLI's absorbing kernel uses).
     """
-    if kernel not in ("uniform", "absorbing"):
-        raise ValueError(f"kernel must be 'uniform' or 'absorbing', got {kernel!r}")
+    tag, vocab_size = _mm_interaction_tag(data, sigma, beta, kernel)
     noised = np.ones(data.train.x_discrete.shape[1], dtype=bool)
     if kernel == "absorbing":
         masker = AbsorbingMask(beta=beta, mask_id=data.vocab_size)
@@ -100,16 +99,30 @@ def mm_interaction_model(data: Dataset, *, sigma: float, beta: float, random_sta
             noisy = np.stack([masker.sample(t, noised, 1, rng)[0] for t in tokens])
             return noisy, images + sigma * rng.standard_normal(images.shape).astype(np.float32)
 
-        return _fusion_model(data, augment, data.vocab_size + 1, f"s{sigma}-b{beta}-absorbing",
-                             random_state, epochs, cache, verbose)
-    kernel = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
+        return _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, verbose)
+    substitution = UniformSubstitution(beta=beta, vocab_size=data.vocab_size)
 
     def augment(tokens, images, rng):
-        noisy = np.stack([kernel.sample(t, noised, 1, rng)[0] for t in tokens])
+        noisy = np.stack([substitution.sample(t, noised, 1, rng)[0] for t in tokens])
         return noisy, images + sigma * rng.standard_normal(images.shape).astype(np.float32)
 
-    return _fusion_model(data, augment, data.vocab_size, f"s{sigma}-b{beta}", random_state,
-                         epochs, cache, verbose)
+    return _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, verbose)
+
+
+def mm_interaction_key(data: Dataset, *, sigma: float, beta: float, random_state: int = 0,
+                       epochs: int = 150, kernel: str = "uniform") -> str:
+    """The cache key of :func:`mm_interaction_model` for these arguments, without training or
+    loading it: the model's identity (a run directory records it)."""
+    tag, vocab_size = _mm_interaction_tag(data, sigma, beta, kernel)
+    return _fusion_key(data, tag, vocab_size, random_state, epochs)
+
+
+def _mm_interaction_tag(data: Dataset, sigma: float, beta: float, kernel: str):
+    if kernel not in ("uniform", "absorbing"):
+        raise ValueError(f"kernel must be 'uniform' or 'absorbing', got {kernel!r}")
+    if kernel == "absorbing":  # one more embedding row: the mask id
+        return f"s{sigma}-b{beta}-absorbing", data.vocab_size + 1
+    return f"s{sigma}-b{beta}", data.vocab_size
 
 
 def mm_interaction_ablation_model(data: Dataset, *, k_text: int, k_image: int,
@@ -129,13 +142,19 @@ def mm_interaction_ablation_model(data: Dataset, *, k_text: int, k_image: int,
                          random_state, epochs, cache, False)
 
 
+def _fusion_key(data, tag, vocab_size, random_state, epochs) -> str:
+    import torch
+
+    return _key(data, tag=tag, seed=random_state, epochs=epochs, vocab=vocab_size,
+                torch=torch.__version__.split("+")[0])
+
+
 def _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, verbose):
     import torch
 
     length = data.train.x_discrete.shape[1]
     pixels = int(np.prod(data.train.x_continuous.shape[1:]))
-    key = _key(data, tag=tag, seed=random_state, epochs=epochs, vocab=vocab_size,
-               torch=torch.__version__.split("+")[0])
+    key = _fusion_key(data, tag, vocab_size, random_state, epochs)
     path = cache_dir(cache) / f"mm-interaction-{key}.pt"
     if path.exists():
         net = fusion_net(vocab_size, length, pixels)
@@ -263,17 +282,7 @@ def tabular_model(data: Dataset, *, sigma: float, beta: float, random_state: int
         Its ``training`` attribute records the estimator, the rows fitted and the seconds
         the fit took when it was trained (kept with the cached model).
     """
-    defaults = TABULAR_DEFAULTS.get(data.name, _DEFAULT)
-    estimator = defaults["estimator"] if estimator is None else estimator
-    copies = defaults["copies"] if copies is None else copies
-    if estimator not in TABULAR_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {TABULAR_ESTIMATORS}, got {estimator!r}")
-    if not isinstance(copies, int) or copies < 1:
-        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
-    import sklearn
-
-    key = _key(data, sigma=sigma, beta=beta, seed=random_state, copies=copies,
-               arities=data.arities, estimator=estimator, sklearn=sklearn.__version__)
+    key, copies, estimator = _tabular_key(data, sigma, beta, random_state, copies, estimator)
     path = cache_dir(cache) / f"{data.name}-{estimator}-{key}.pkl"
     if path.exists():
         with path.open("rb") as fh:
@@ -289,6 +298,29 @@ def tabular_model(data: Dataset, *, sigma: float, beta: float, random_state: int
                 "fit_seconds": time.perf_counter() - start}
     _atomic_write(path, pickle.dumps((pipeline, training)))
     return _with_training(SklearnClassifier(pipeline), training)
+
+
+def tabular_key(data: Dataset, *, sigma: float, beta: float, random_state: int = 0,
+                copies: int | None = None, estimator: str | None = None) -> str:
+    """The cache key of :func:`tabular_model` for these arguments, without fitting or loading
+    it: the model's identity (a run directory records it)."""
+    return _tabular_key(data, sigma, beta, random_state, copies, estimator)[0]
+
+
+def _tabular_key(data, sigma, beta, random_state, copies, estimator):
+    """The key, the copies and the estimator (defaults resolved) of a demo table model."""
+    defaults = TABULAR_DEFAULTS.get(data.name, _DEFAULT)
+    estimator = defaults["estimator"] if estimator is None else estimator
+    copies = defaults["copies"] if copies is None else copies
+    if estimator not in TABULAR_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {TABULAR_ESTIMATORS}, got {estimator!r}")
+    if not isinstance(copies, int) or copies < 1:
+        raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+    import sklearn
+
+    key = _key(data, sigma=sigma, beta=beta, seed=random_state, copies=copies,
+               arities=data.arities, estimator=estimator, sklearn=sklearn.__version__)
+    return key, copies, estimator
 
 
 def _with_training(model: SklearnClassifier, training: dict) -> SklearnClassifier:
