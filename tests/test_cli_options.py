@@ -56,7 +56,7 @@ def test_options_parse_into_the_configuration():
     config = RunConfig.from_args(args)
     assert config.noise.sigma == 0.25 and config.estimation.n == 500
     assert config.estimation.targets == ((1, 0.5), (0, 0.0))
-    assert config.model.batch_size == "auto" and config.executor.cpus_per_worker == 0.5
+    assert config.estimation.batch_size == "auto" and config.executor.cpus_per_worker == 0.5
     assert config.data.constant_label == 1 and config.executor.progress is False
 
 

@@ -19,12 +19,12 @@ from hybridcert.rundir import RunLocked, SettingsMismatch, locked, read_results
 from hybridcert.runner import certify_dataset
 
 DEFAULT_RUN_JSON = {  # the one settings record (RunSettings) of `hybridcert certify`'s defaults
-    "alpha": 0.001, "batch_size": 1000, "d_max": None, "data": None, "dataset": "mm-interaction",
+    "alpha": 0.001, "batch_size": 1000, "d_max": None, "dataset": "mm-interaction",
     "decision": "threshold", "gaussian": {"clamp": None, "denoiser": None, "sigma": 0.5},
     "guard": None, "hybridcert": hc.__version__, "image_size": None,
     "kernel": {"attacker_alphabet": "any", "beta": 0.25, "kernel": "uniform",
                "restricted_alphabet": False, "vocab_size": 51},
-    "limit": None, "model": "demo", "model_fingerprint": None, "multiclass_rule": "half",
+    "limit": None, "model": "demo", "multiclass_rule": "half",
     "n": 10000, "n0": 100, "n_max": None, "num_classes": 2, "protocol": "shared", "rtol": 0.02,
     "sampling": "fixed", "seed": 0, "sigma": 0.5, "stream": "counter-v1", "target_label": 1,
     "targets": None, "tau": 0.05, "threat": {"region": "L0Anywhere"},

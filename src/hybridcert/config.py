@@ -57,6 +57,8 @@ def parse_target(text: str) -> tuple[int, float]:
     except ValueError:
         raise ConfigError("--target", "D:R, a budget D (integer >= 0) and a radius R >= 0, "
                           "such as 1:0.5", text) from None
+    if not np.isfinite(radius) or radius < 0:  # said in the option's words; the spec checks too
+        raise ConfigError("--target", "D:R with a finite radius R >= 0", text)
     return budget, radius
 
 
