@@ -206,18 +206,19 @@ def _register_defaults() -> None:
 
 
 def check_config(config: RunConfig) -> RunConfig:
-    """Check ``config`` against the registries: data set, model, and their own checks."""
+    """Check ``config`` against the registries: data set, model, their own checks, and the
+    options the run reads (:func:`check_run_options`)."""
     d, z = config.data, config.noise
     source = DATA_SOURCES.get(d.dataset)
     if source is None:
         raise ConfigError("--dataset", f"one of {', '.join(DATA_SOURCES)}", d.dataset)
     entry = model_entry(config.model.model)
-    check_run_options(config, source, entry)
     if source.needs_path and not source.bundled:
         _check_folder(d.data_path, source)
     if source.tabular and z.threat != "l0":
         raise ConfigError("--threat", "l0 for a table (any field may be changed)", z.threat)
     entry.check(config, source)
+    check_run_options(config, source, entry)
     return config
 
 
@@ -255,14 +256,11 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
         takers = [s.name for s in DATA_SOURCES.values() if s.needs_path or s.reads_path]
         raise ConfigError("--data-path", f"no value with --dataset {source.name}, which is "
                           f"bundled and reads no path (read by {', '.join(takers)})", d.data_path)
-    if entry.options is not None:
-        for name in MODEL_OPTIONS:
-            group = d if name == "image_size" else m
-            if _given(group, name) and name not in entry.options:
-                takers = [e.prefix for e in MODELS.values() if name in (e.options or ())]
-                raise ConfigError(_flag(name), f"no value with --model {m.model} (read by "
-                                  f"{', '.join(takers) or 'no registered model'})",
-                                  getattr(group, name))
+    unread = [name for name in MODEL_OPTIONS if entry.options is not None
+              and _given(d if name == "image_size" else m, name) and name not in entry.options]
+    for name in unread:
+        if name != "cache_dir":  # named last: a harmless leftover, unlike the other mistakes
+            _refuse_model_option(name, config)
     if source.tabular:
         for name in ("kernel", "attacker_alphabet"):
             if _given(z, name):
@@ -289,6 +287,15 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
         where = "that is a file" if blocking == out else f"below the file {blocking}"
         raise ConfigError("--out", f"a folder for the run (new, or a run's to resume), not a path "
                           f"{where}", str(out))
+    if unread:
+        _refuse_model_option(unread[0], config)
+
+
+def _refuse_model_option(name: str, config: RunConfig):
+    value = getattr(config.data if name == "image_size" else config.model, name)
+    takers = [e.prefix for e in MODELS.values() if name in (e.options or ())]
+    raise ConfigError(_flag(name), f"no value with --model {config.model.model} (read by "
+                      f"{', '.join(takers) or 'no registered model'})", value)
 
 
 def _given(group, name: str) -> bool:

@@ -1,0 +1,160 @@
+"""The first hour of a new user (issue 24): mistakes refused in one line, exit 2, nothing written."""
+
+import dataclasses
+import os
+
+import pytest
+
+from hybridcert.cli import main
+from hybridcert.config import ConfigError, DataConfig, ExecutorConfig, ModelConfig, RunConfig
+from hybridcert.registries import MODELS, check_config, register_model
+
+
+def refused(argv, tmp_path, capsys, command="certify"):
+    """Run the CLI; assert exit 2, one line on stderr, no output folder and no trained model.
+
+    Returns the line."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    extra = ["--out", str(out)] if command == "certify" else []
+    with pytest.raises(SystemExit) as stop:
+        main([command, *extra, *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()  # no run directory, no run.json
+    assert not cache.exists()  # nothing trained
+    return err.strip()
+
+
+@pytest.mark.parametrize("argv,option,reason", [
+    (["--device", "cuda"], "--device", "no value with --model demo (read by hf:)"),
+    (["--device", "tpu"], "--device", "no value with --model demo"),
+    (["--dtype", "float16"], "--dtype", "no value with --model demo"),
+    (["--policy", "be strict"], "--policy", "no value with --model demo"),
+    (["--hf-rule", "generate"], "--hf-rule", "no value with --model demo"),
+    (["--hf-task", "text-generation"], "--hf-task", "no value with --model demo"),
+    (["--hf-flagged", "INJECTION"], "--hf-flagged", "no value with --model demo"),
+    (["--image-size", "64"], "--image-size", "no value with --model demo"),
+    (["--data-path", "."], "--data-path", "no value with --dataset mm-interaction, which is "
+     "bundled and reads no path"),
+    (["--dataset", "tabular", "--data-path", "."], "--data-path", "--dataset tabular"),
+    (["--dataset", "tabular", "--split", "train"], "--split", "no value with --dataset tabular"),
+    (["--dataset", "tabular", "--kernel", "absorbing"], "--kernel", "categorical substitution"),
+    (["--dataset", "tabular", "--attacker-alphabet", "noise"], "--attacker-alphabet",
+     "--dataset tabular"),
+    (["--workers", "4"], "--workers", "no value with --executor local"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker", "no value with --executor local"),
+    (["--model", "hf:org/guard", "--cache-dir", "c"], "--cache-dir", "(read by demo)"),
+    (["--model", "hf:org/guard", "--hf-task", "text-classification", "--policy", "p"],
+     "--policy", "no value with --hf-task text-classification"),
+    (["--model", "hf:org/guard", "--hf-task", "text-generation", "--image-size", "64"],
+     "--image-size", "a text guard reads no image"),
+])
+def test_an_option_the_run_does_not_read_is_refused(argv, option, reason, tmp_path, capsys):
+    if "--cache-dir" not in argv:
+        argv = [*argv, "--cache-dir", str(tmp_path / "cache")]
+    line = refused(argv, tmp_path, capsys)
+    assert f"error: {option}: expected no value with" in line and reason in line
+
+
+def test_threads_beyond_the_machine_are_refused(tmp_path, capsys):
+    cpus = os.cpu_count()
+    line = refused(["--threads", str(cpus + 1), "--cache-dir", str(tmp_path / "cache")],
+                   tmp_path, capsys)
+    assert f"--threads: expected at most {cpus}, the CPUs of this machine" in line
+    assert f"got {cpus + 1}" in line
+
+
+@pytest.mark.parametrize("device,expected", [
+    ("tpu", "--device: expected cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("garbage", "--device: expected cpu, cuda, cuda:N or mps, got 'garbage'"),
+    ("cuda:x", "--device: expected cpu, cuda, cuda:N or mps"),
+    ("meta", "--device: expected cpu, cuda, cuda:N or mps"),
+])
+def test_an_hf_guard_on_an_unknown_device_is_refused(device, expected, tmp_path, capsys):
+    pytest.importorskip("torch", reason="the device is parsed by torch")
+    # A hub name that does not exist: the check must come before any download or load.
+    line = refused(["--model", "hf:org/guard", "--device", device], tmp_path, capsys)
+    assert expected in line
+
+
+def test_cuda_on_a_machine_without_cuda_is_refused(tmp_path, capsys):
+    torch = pytest.importorskip("torch", reason="the device is checked by torch")
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        line = refused(["--model", "hf:org/guard", "--device", f"cuda:{count}"], tmp_path,
+                       capsys)
+        assert f"sees {count} CUDA device(s)" in line
+        return
+    line = refused(["--model", "hf:org/guard", "--device", "cuda"], tmp_path, capsys)
+    assert "--device: expected a device this machine has: torch sees no CUDA device" in line
+    if torch.version.cuda is None:
+        assert "install a CUDA build of torch" in line
+
+
+def test_float16_off_cuda_is_refused_before_loading(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the precision is resolved by torch")
+    line = refused(["--model", "hf:org/guard", "--dtype", "float16"], tmp_path, capsys)
+    assert "--dtype: expected a precision the device runs" in line
+
+
+@pytest.mark.parametrize("blocked", ["out", "out/run"])
+def test_an_out_that_is_or_lies_below_a_file_is_refused(blocked, tmp_path, capsys):
+    (tmp_path / "out").write_text("not a folder")
+    with pytest.raises(SystemExit) as stop:
+        main(["certify", "--out", str(tmp_path / blocked), "--cache-dir",
+              str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "error: --out: expected a folder for the run" in err
+    assert (tmp_path / "out").read_text() == "not a folder" and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--arities", "3", "3", "--vocab-size", "100"],
+     "--arities: expected no value with --kernel uniform"),
+    (["--kernel", "absorbing", "--arities", "3"], "--arities: expected no value with --kernel "
+     "absorbing"),
+    (["--kernel", "absorbing", "--vocab-size", "100"],
+     "--vocab-size: expected no value with --kernel absorbing"),
+    (["--kernel", "categorical", "--arities", "3", "--vocab-size", "100"],
+     "--vocab-size: expected no value with --kernel categorical"),
+])
+def test_radius_refuses_what_its_kernel_does_not_read(argv, expected, tmp_path, capsys):
+    line = refused(["--p-lower", "0.99", "--sigma", "0.5", *argv], tmp_path, capsys,
+                   command="radius")
+    assert expected in line
+
+
+def test_the_python_api_refuses_the_same_options():
+    base = RunConfig(out="unused")
+    for config, option in [
+        (dataclasses.replace(base, model=ModelConfig(device="cuda")), "--device"),
+        (dataclasses.replace(base, data=DataConfig(data_path="/data")), "--data-path"),
+        (dataclasses.replace(base, executor=ExecutorConfig(threads=10 * (os.cpu_count() or 1))),
+         "--threads"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{option}: expected"):
+            check_config(config.validate())
+    check_config(base.validate())  # the defaults read nothing they were not given
+
+
+def test_a_model_registered_from_python_gets_every_option(monkeypatch):
+    # Its build receives the whole configuration, so it may read --device; nothing is refused.
+    monkeypatch.setitem(MODELS, "mine:", MODELS["demo"])
+    entry = register_model("mine:", lambda spec: None)
+    assert entry.options is None
+    config = RunConfig(model=ModelConfig(model="mine:x", device="cuda:3", policy="p"),
+                       out="unused")
+    assert check_config(config.validate()) is config
+
+
+def test_the_options_a_run_reads_are_accepted(tmp_path):
+    ok = [RunConfig(data=DataConfig(dataset="adult", data_path=str(tmp_path)), out="x"),
+          RunConfig(model=ModelConfig(cache_dir=str(tmp_path)), out="x"),
+          RunConfig(executor=ExecutorConfig(threads=os.cpu_count() or 1), out="x"),
+          RunConfig(executor=ExecutorConfig(executor="ray", workers=4), out="x"),
+          RunConfig(model=ModelConfig(model="hf:org/guard", device="cpu:0", dtype="bfloat16"),
+                    out="x")]
+    for config in ok:
+        assert check_config(config.validate()) is config
