@@ -3,6 +3,7 @@
 import dataclasses
 import os
 
+import numpy as np
 import pytest
 
 from hybridcert.cli import main
@@ -158,3 +159,50 @@ def test_the_options_a_run_reads_are_accepted(tmp_path):
                     out="x")]
     for config in ok:
         assert check_config(config.validate()) is config
+
+
+# --------------------------------------------------------------------------- the demo cache
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a model at all", None])
+def test_a_damaged_cached_table_model_is_trained_again_with_a_warning(damage, tmp_path, caplog):
+    pytest.importorskip("sklearn", reason="the table's demo model is a scikit-learn pipeline")
+    pytest.importorskip("palmerpenguins", reason="the bundled penguins table")
+    from hybridcert.datasets.tabular import load_penguins
+    from hybridcert.models import demo
+
+    data = load_penguins(seed=0)
+    fit = dict(sigma=0.5, beta=0.25, copies=2, estimator="logreg", cache=tmp_path)
+    first = demo.tabular_model(data, **fit)
+    [path] = tmp_path.iterdir()
+    kept = path.read_bytes()
+    # None: a valid pickle of something else (an older layout, another tool's file).
+    path.write_bytes(damage if damage is not None else __import__("pickle").dumps({"x": 1}))
+    with caplog.at_level("WARNING", logger="hybridcert"):
+        again = demo.tabular_model(data, **fit)
+    assert f"the cached demo model {path} cannot be read" in caplog.text
+    assert "training it again" in caplog.text
+    # Trained again from the same seed: the same model as before the damage.
+    assert np.array_equal(again(data.test.x_discrete, data.test.x_continuous),
+                          first(data.test.x_discrete, data.test.x_continuous))
+    assert path.read_bytes() != damage and len(path.read_bytes()) == len(kept)  # replaced
+    caplog.clear()
+    demo.tabular_model(data, **fit)  # read from the repaired cache: no warning
+    assert "cannot be read" not in caplog.text
+
+
+def test_a_truncated_cached_fusion_model_is_trained_again(tmp_path, caplog):
+    torch = pytest.importorskip("torch", reason="the demo fusion network")
+    from hybridcert.datasets.mm_interaction import load
+    from hybridcert.models import demo
+
+    data = load(seed=0)
+    fit = dict(sigma=0.5, beta=0.25, epochs=1, cache=tmp_path)
+    demo.mm_interaction_model(data, **fit)
+    [path] = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:100])  # a half-written file
+    with caplog.at_level("WARNING", logger="hybridcert"):
+        model = demo.mm_interaction_model(data, **fit)
+    assert f"the cached demo model {path} cannot be read" in caplog.text
+    assert model(data.test.x_discrete[:3], data.test.x_continuous[:3]).shape == (3,)
+    torch.load(path, weights_only=True)  # replaced by a readable one
