@@ -206,3 +206,46 @@ def test_a_truncated_cached_fusion_model_is_trained_again(tmp_path, caplog):
     assert f"the cached demo model {path} cannot be read" in caplog.text
     assert model(data.test.x_discrete[:3], data.test.x_continuous[:3]).shape == (3,)
     torch.load(path, weights_only=True)  # replaced by a readable one
+
+
+# --------------------------------------------------------------------------- Adult files
+
+
+def _uci_lines(count):
+    from hybridcert.datasets.tabular import bundled_adult_text
+
+    return bundled_adult_text("adult.data").splitlines()[:count]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", "no rows (an empty file?)"),
+    ("\n\n", "no rows (an empty file?)"),
+    ("age,workclass\n", "the header lacks the columns"),
+    ("relabel", "the income labels must be <=50K or >50K (adult.test's trailing '.' is "
+     "allowed), found ['high', 'low']"),
+    ("one label", "are labelled <=50K; both <=50K and >50K are needed"),
+])
+def test_a_bad_adult_file_is_named_in_one_line_before_any_work(text, expected, tmp_path, capsys):
+    path = tmp_path / "adult.csv"
+    if text == "relabel":  # another income coding: sorted, 'high' would have become label 0
+        text = "\n".join(line.replace("<=50K", "low").replace(">50K", "high")
+                         for line in _uci_lines(300))
+    elif text == "one label":
+        text = "\n".join(line for line in _uci_lines(300) if "<=50K" in line)
+    path.write_text(text)
+    line = refused(["--dataset", "adult", "--data-path", str(path), "--cache-dir",
+                    str(tmp_path / "cache")], tmp_path, capsys)
+    assert f"error: {path}" in line and expected in line
+
+
+def test_adult_test_labels_with_a_dot_are_read_as_the_card_says(tmp_path):
+    from hybridcert.datasets.tabular import load_adult
+
+    lines = _uci_lines(300)
+    dotted = [line + "." if i % 2 else line for i, line in enumerate(lines)]
+    (tmp_path / "adult.csv").write_text("\n".join(dotted))
+    data = load_adult(tmp_path / "adult.csv")
+    assert data.class_names == ["<=50K", ">50K"]
+    high = sum(line.endswith(">50K") for line in lines)
+    assert int(np.concatenate([data.train.y, data.test.y]).sum()) == high
+    assert f"1 = >50K ({high} rows" in data.card
