@@ -249,3 +249,25 @@ def test_adult_test_labels_with_a_dot_are_read_as_the_card_says(tmp_path):
     high = sum(line.endswith(">50K") for line in lines)
     assert int(np.concatenate([data.train.y, data.test.y]).sum()) == high
     assert f"1 = >50K ({high} rows" in data.card
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def test_a_resume_with_other_settings_is_refused_before_a_model_is_trained(tmp_path, capsys):
+    import json
+
+    from hybridcert.run import plan
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    out.mkdir()
+    recorded = json.dumps(plan(RunConfig(out=str(out))).settings(), default=str)
+    (out / "run.json").write_text(recorded)
+    with pytest.raises(SystemExit) as stop:
+        main(["certify", "--out", str(out), "--beta", "0.3", "--cache-dir", str(cache)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert "holds results made with other settings (beta: 0.25 -> 0.3)" in err
+    assert not cache.exists()  # no demo model trained for a run that is refused
+    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert (out / "run.json").read_text() == recorded

@@ -274,11 +274,13 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     Everything is validated first (:func:`plan`); ``run.json`` and rows are
     written by :func:`hybridcert.runner.certify_split` or its Ray twin.
     """
+    from .rundir import check_resumable
     from .runner import certify_split
 
     p = plan(config)
     say = announce or (lambda line: logger.info("%s", line))
     settings = p.settings()
+    check_resumable(config.out_dir, settings, known_only=True)  # before a model is trained
     say("hybridcert certify: " + ", ".join(f"{k}={v}" for k, v in settings.items()
                                            if v is not None))
     out = config.out_dir

@@ -40,7 +40,7 @@ from .sampling import ABSTAIN
 logger = logging.getLogger(__name__)
 
 __all__ = ["LOCK", "QUARANTINE", "RESULTS", "SETTINGS", "RetryPolicy", "RunLocked", "RunStopped",
-           "SettingsMismatch", "failed_row", "failed_rows", "load_run", "locked",
+           "SettingsMismatch", "check_resumable", "failed_row", "failed_rows", "load_run", "locked",
            "prepare_run_dir", "read_results", "read_run", "result_row", "write_row"]
 
 RESULTS = "results.jsonl"
@@ -115,12 +115,29 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     recorded_path = out / SETTINGS
-    results = out / RESULTS
+    check_resumable(out, settings)
+    if not recorded_path.exists():
+        tmp = recorded_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, recorded_path)
+    rows = read_results(out / RESULTS, repair=True)
+    return out, {k: r for k, r in rows.items() if not r.get("failed")}
+
+
+def check_resumable(out: str | os.PathLike, settings: dict, *, known_only: bool = False) -> None:
+    """Raise :class:`SettingsMismatch` when ``out`` holds results of other settings; writes nothing.
+
+    ``known_only``: compare only the keys of ``settings`` (a check before the
+    model is built, which may add keys); :func:`prepare_run_dir` compares all.
+    """
+    out = Path(out)
+    recorded_path, results = out / SETTINGS, out / RESULTS
     comparable = {k: v for k, v in settings.items() if k not in _IGNORED}
     comparable = json.loads(json.dumps(comparable, default=str))  # tuples, numpy scalars
     if recorded_path.exists():
         recorded = json.loads(recorded_path.read_text())
-        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED}
+        recorded = {k: v for k, v in recorded.items() if k not in _IGNORED
+                    and (not known_only or k in comparable)}
         if "stream" in comparable and recorded.get("stream") != comparable["stream"]:
             raise SettingsMismatch(
                 f"{out} holds results drawn with other noise streams "
@@ -133,16 +150,10 @@ def prepare_run_dir(out: str | os.PathLike, settings: dict) -> tuple[Path, dict[
             detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {comparable.get(k)!r}" for k in diff)
             raise SettingsMismatch(f"{out} holds results made with other settings ({detail}); "
                                    "use another output directory or the same settings")
-    else:
-        if results.exists() and results.stat().st_size > 0:
-            raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
-                                   "of its rows are unknown; use another output directory, or "
-                                   f"delete {results} to start over")
-        tmp = recorded_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2, sort_keys=True, default=str) + "\n")
-        os.replace(tmp, recorded_path)
-    rows = read_results(results, repair=True)
-    return out, {k: r for k, r in rows.items() if not r.get("failed")}
+    elif results.exists() and results.stat().st_size > 0:
+        raise SettingsMismatch(f"{out} holds {RESULTS} but no {SETTINGS}, so the settings "
+                               "of its rows are unknown; use another output directory, or "
+                               f"delete {results} to start over")
 
 
 # --------------------------------------------------------------------------- reading rows
