@@ -271,3 +271,17 @@ def test_a_resume_with_other_settings_is_refused_before_a_model_is_trained(tmp_p
     assert not cache.exists()  # no demo model trained for a run that is refused
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
     assert (out / "run.json").read_text() == recorded
+
+
+def test_the_run_says_how_many_examples_it_certifies_and_what_that_costs(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="the table's demo model is a scikit-learn pipeline")
+    pytest.importorskip("palmerpenguins", reason="the bundled penguins table")
+    argv = ["certify", "--dataset", "tabular", "--n", "50", "--n0", "10", "--no-progress",
+            "--no-report", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*argv, "--limit", "2", "--out", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    assert "certifying the first 2 of 100 test examples" in out
+    assert "at least n = 50 model calls each (100 or more in all)" in out
+    assert main([*argv, "--limit", "2", "--sampling", "sequential", "--n-max", "400",
+                 "--out", str(tmp_path / "seq")]) == 0
+    assert "up to n_max = 400 model calls each" in capsys.readouterr().out

@@ -268,6 +268,22 @@ def set_threads(threads: int | None) -> int:
 # --------------------------------------------------------------------------- running a plan
 
 
+def _size_line(config: RunConfig, split_size: int) -> str:
+    """How many examples the run certifies and roughly what that costs, said before it starts."""
+    e, out = config.estimation, config.out_dir
+    count = min(config.data.limit or split_size, split_size)
+    what = (f"the first {count:,} of {split_size:,} test examples" if count < split_size else
+            f"all {count:,} test examples" + ("" if config.data.limit or count <= 100 else
+                                             " (--limit N certifies the first N)"))
+    if e.resolved_sampling == "sequential":
+        cost = (f"up to n_max = {e.n_max:,} model calls each (sequential sampling may stop "
+                "earlier)")
+    else:
+        cost = f"at least n = {e.n:,} model calls each ({count * e.n:,} or more in all)"
+    return f"certifying {what} -> {out}/: {cost}"
+
+
+
 def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = None) -> Path:
     """Certify the run ``config`` describes (local or Ray) and write its report; the run directory.
 
@@ -291,7 +307,7 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
               "max_retries": x.max_retries, "sampling": config.estimation.resolved_sampling,
               "n_max": config.estimation.n_max, "targets": config.estimation.targets}
     split = p.split
-    say(f"{min(config.data.limit or len(split), len(split))} test examples -> {out}/")
+    say(_size_line(config, len(split)))
     if x.executor == "ray":
         from .distributed import certify_split_ray
 
