@@ -285,3 +285,53 @@ def test_the_run_says_how_many_examples_it_certifies_and_what_that_costs(tmp_pat
     assert main([*argv, "--limit", "2", "--sampling", "sequential", "--n-max", "400",
                  "--out", str(tmp_path / "seq")]) == 0
     assert "up to n_max = 400 model calls each" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_every_readme_python_block_that_uses_hc_imports_it():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:python|py)\n(.*?)```", readme, flags=re.S)
+    missing = [b.splitlines()[0] for b in blocks
+               if re.search(r"\bhc\.", b) and "import hybridcert as hc" not in b]
+    assert blocks and not missing
+
+
+def test_the_readme_lists_the_figures_experiment_paper_writes():
+    import re
+
+    source = (ROOT / "src" / "hybridcert" / "experiments" / "paper.py").read_text()
+    written = set(re.findall(r'savefig\(out / "([\w.]+\.png)"\)', source))
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- `hybridcert experiment paper` runs"):
+                     readme.index("### The paper's tabular experiment")]
+    assert written and set(re.findall(r"`([\w]+\.png)`", section)) == written
+    assert f"{len(written)} figures" in section or \
+        f"{['no', 'one', 'two', 'three', 'four', 'five'][len(written)]} figures" in section
+
+
+def test_the_docs_name_every_status_of_a_sequential_question():
+    from hybridcert.record import STATUS_NAMES
+
+    readme = (ROOT / "README.md").read_text()
+    certificates = (ROOT / "docs" / "certificates.md").read_text()
+    for status in STATUS_NAMES.values():
+        assert f"`{status}`" in readme and f"*{status}*" in certificates
+
+
+def test_the_docs_state_cost_and_alpha_as_runs_give_them():
+    certificates = (ROOT / "docs" / "certificates.md").read_text()
+    assert "about an `alpha`" not in certificates and "at most `alpha`" in certificates
+    assert "`n` model calls per example under the threshold rule" in certificates
+    running = (ROOT / "docs" / "running.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    key = "SeedSequence([seed, example index])"
+    assert key in running and key in readme  # the noise keys, described alike
+    assert "download.pytorch.org/whl/cu" in readme.split("## What `hybridcert certify` does")[0]
+    assert "treat it as flagged" in readme and "`n` forward passes" in readme
