@@ -261,6 +261,13 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
     for name in unread:
         if name != "cache_dir":  # named last: a harmless leftover, unlike the other mistakes
             _refuse_model_option(name, config)
+    if resolved_decision(config, source, entry) == "majority":
+        why = ("--decision majority" if config.decision.decision == "majority" else
+               f"--decision auto with --dataset {source.name}")
+        for name in ("tau", "target_label"):
+            if _given(config.decision, name):
+                raise ConfigError(_flag(name), f"no value under the majority rule ({why}); read "
+                                  "by --decision threshold", getattr(config.decision, name))
     if source.tabular:
         for name in ("kernel", "attacker_alphabet"):
             if _given(z, name):
@@ -296,6 +303,14 @@ def _refuse_model_option(name: str, config: RunConfig):
     takers = [e.prefix for e in MODELS.values() if name in (e.options or ())]
     raise ConfigError(_flag(name), f"no value with --model {config.model.model} (read by "
                       f"{', '.join(takers) or 'no registered model'})", value)
+
+
+def resolved_decision(config: RunConfig, source: DataSource, entry: ModelEntry) -> str:
+    """The rule ``--decision`` names; ``auto``: threshold for hf: guards, else the data set's."""
+    kind = config.decision.decision
+    if kind == "auto":
+        kind = source.default_decision if entry.prefix != "hf:" else "threshold"
+    return kind
 
 
 def _given(group, name: str) -> bool:

@@ -30,7 +30,7 @@ from ._version import __version__
 from .config import AUTO_BATCH, ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule
-from .registries import DATA_SOURCES, Task, check_config, model_entry
+from .registries import DATA_SOURCES, Task, check_config, model_entry, resolved_decision
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +199,7 @@ def plan(config: RunConfig) -> Plan:
     if entry.prepare is not None:
         task = entry.prepare(config, task)
     r = config.decision
-    kind = r.decision
-    if kind == "auto":
-        kind = source.default_decision if entry.prefix != "hf:" else "threshold"
+    kind = resolved_decision(config, source, entry)
     if entry.prefix == "hf:" and kind != "threshold":
         raise ConfigError("--decision", "threshold (or auto) with an hf: guard", kind)
     if kind == "threshold" and r.target_label >= task.num_classes:
