@@ -236,10 +236,12 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
     the check is the same from Python and from the command line. Refused: the
     data options the source does not list (:attr:`DataSource.options`,
     ``--data-path`` unless it reads one), the model options the model entry
-    does not list (:attr:`ModelEntry.options`), the kernel options of a table
-    (always categorical substitution), Ray's options under the local executor,
-    ``--threads`` beyond this machine's CPUs, a ``--device`` this torch cannot
-    use, and an ``--out`` that is not a folder.
+    does not list (:attr:`ModelEntry.options`; ``--cache-dir`` is named only
+    when nothing else is wrong), ``--tau`` and ``--target-label`` under the
+    majority rule, the kernel options of a table (always categorical
+    substitution), Ray's options under the local executor, ``--threads``
+    beyond this machine's CPUs, a ``--device`` this torch cannot use (or a
+    ``--dtype`` it cannot run there), and an ``--out`` that is not a folder.
 
     Raises
     ------
@@ -298,7 +300,7 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
         _refuse_model_option(unread[0], config)
 
 
-def _refuse_model_option(name: str, config: RunConfig):
+def _refuse_model_option(name: str, config: RunConfig) -> None:
     value = getattr(config.data if name == "image_size" else config.model, name)
     takers = [e.prefix for e in MODELS.values() if name in (e.options or ())]
     raise ConfigError(_flag(name), f"no value with --model {config.model.model} (read by "
