@@ -339,3 +339,17 @@ def test_the_docs_state_cost_and_alpha_as_runs_give_them():
     assert key in running and key in readme  # the noise keys, described alike
     assert "download.pytorch.org/whl/cu" in readme.split("## What `hybridcert certify` does")[0]
     assert "treat it as flagged" in readme and "`n` forward passes" in readme
+
+
+def test_a_rule_for_chat_guards_is_refused_once_auto_finds_a_classifier(tmp_path, capsys):
+    pytest.importorskip("transformers", reason="the tiny text-classification guard")
+    from hf_text_tiny import build_tiny_prompt_guard
+
+    guard = build_tiny_prompt_guard(tmp_path / "guard")
+    with pytest.raises(SystemExit) as stop:
+        main(["certify", "--model", f"hf:{guard}", "--hf-rule", "generate", "--limit", "1",
+              "--out", str(tmp_path / "out")])
+    # The guard is loaded to learn its kind (transformers may draw its loading bar first).
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    assert "--hf-rule: expected no value with a text-classification guard" in last

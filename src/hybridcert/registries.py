@@ -545,6 +545,9 @@ def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: 
     if config.data.image_size is not None:
         raise ConfigError("--image-size", "no value with a text-only guard (it reads no image)",
                           config.data.image_size)
+    if _given(config.model, "hf_rule") and guard.describe().get("task") == "text-classification":
+        raise ConfigError("--hf-rule", "no value with a text-classification guard (it applies "
+                          "to chat guards)", config.model.hf_rule)
     if z.baseline == "image-only":
         raise ConfigError("--baseline", "none or text-only with a text-only hf: guard (it reads "
                           "no image)", z.baseline)
