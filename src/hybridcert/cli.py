@@ -259,7 +259,15 @@ def _add_radius(commands, common) -> None:
 
 def _run_radius(args) -> int:
     from .calculator import format_radius_table, radius_table
+    from .config import ConfigError
 
+    # An option the chosen kernel does not read is refused, not silently dropped.
+    if args.arities is not None and args.kernel != "categorical":
+        raise ConfigError("--arities", f"no value with --kernel {args.kernel} (read by --kernel "
+                          "categorical; the uniform kernel takes --vocab-size)", args.arities)
+    if args.vocab_size is not None and args.kernel != "uniform":
+        raise ConfigError("--vocab-size", f"no value with --kernel {args.kernel} (read by "
+                          "--kernel uniform)", args.vocab_size)
     table = radius_table(args.p_lower, sigma=args.sigma, tau=args.tau, kernel=args.kernel,
                          beta=args.beta, vocab_size=args.vocab_size, arities=args.arities,
                          budgets=args.budgets, d_max=args.d_max)

@@ -9,6 +9,7 @@ against them (before any data or model is loaded).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Callable
@@ -61,10 +62,13 @@ class DataSource:
     default_decision: str = "majority"
     help: str = ""
     options: tuple[str, ...] = ()  # the DataConfig options it reads (split, columns, ...)
+    reads_path: bool = False  # reads --data-path although it needs none (a bundled default)
 
 
 DATA_OPTIONS = ("split", "text_column", "image_column", "label_column", "filter_column",
                 "constant_label")  # read only by the sources that list them in `options`
+MODEL_OPTIONS = ("policy", "hf_rule", "hf_task", "hf_flagged", "device", "dtype", "image_size",
+                 "cache_dir")  # read only by the models that list them in `options`
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,9 @@ class ModelEntry:
     help: str = ""
     # fingerprint(config, task) -> dict: the model's identity for run.json, without building it
     fingerprint: Callable | None = None
+    # The MODEL_OPTIONS it reads; None: not declared (a model registered from Python may read
+    # any of them), so none is refused.
+    options: tuple[str, ...] | None = None
 
 
 DATA_SOURCES: dict[str, DataSource] = {}
@@ -216,6 +223,7 @@ def _register_defaults() -> None:
     register_dataset("tabular", _bundled("tabular", load_penguins), tabular=True,
                      help="bundled Palmer penguins table")
     register_dataset("adult", _bundled("adult", load_adult, reads_path=True), tabular=True,
+                     reads_path=True,
                      help="UCI Adult census table, bundled (adult.data trains, adult.test "
                           "tests); --data-path or $HYBRIDCERT_ADULT for your own copy")
     register_dataset("hateful-memes", _on_disk("hateful-memes"), bundled=False, needs_path=True,
@@ -234,35 +242,170 @@ def _register_defaults() -> None:
                      help="a Hugging Face data set saved with save_to_disk (hybridcert[datasets]), "
                           "with --model hf:...")
     register_model("demo", _build_demo, check=_check_demo, fingerprint=_fingerprint_demo,
+                   options=("cache_dir",),
                    help="the bundled model, trained under noise and cached")
     register_model("sklearn:", _build_sklearn, check=_check_sklearn,
-                   fingerprint=_fingerprint_sklearn,
+                   fingerprint=_fingerprint_sklearn, options=(),
                    help="a pickled fitted scikit-learn classifier for a table")
     register_model("hf:", _build_hf, check=_check_hf, prepare=_prepare_hf,
                    fingerprint=_fingerprint_hf,
+                   options=tuple(o for o in MODEL_OPTIONS if o != "cache_dir"),
                    help="a Hugging Face safety guard: a VLM or a causal LM answering "
                         "safe/unsafe, or a sequence classifier (--hf-task)")
 
 
 
 def check_config(config: RunConfig) -> RunConfig:
-    """Check ``config`` against the registries: data set, model, and their own checks."""
+    """Check ``config`` against the registries: data set, model, their own checks, and the
+    options the run reads (:func:`check_run_options`)."""
     d, z = config.data, config.noise
     source = DATA_SOURCES.get(d.dataset)
     if source is None:
         raise ConfigError("--dataset", f"one of {', '.join(DATA_SOURCES)}", d.dataset)
     entry = model_entry(config.model.model)
-    for name in DATA_OPTIONS:
-        if getattr(d, name) is not None and name not in source.options:
-            takers = [s.name for s in DATA_SOURCES.values() if name in s.options]
-            raise ConfigError("--" + name.replace("_", "-"), f"no value with --dataset "
-                              f"{source.name} (read by {', '.join(takers)})", getattr(d, name))
     if source.needs_path and not source.bundled:
         _check_folder(d.data_path, source)
     if source.tabular and z.threat != "l0":
         raise ConfigError("--threat", "l0 for a table (any field may be changed)", z.threat)
     entry.check(config, source)
+    check_run_options(config, source, entry)
     return config
+
+
+# --------------------------------------------------------------------------- options a run reads
+
+EXECUTOR_OPTIONS = ("ray_address", "workers", "cpus_per_worker", "gpus_per_worker",
+                    "max_in_flight")  # read only by --executor ray
+DEVICES = "cpu, cuda, cuda:N or mps"
+
+
+def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) -> None:
+    """Refuse an option this run would not read, or could not honour, before any work.
+
+    An option counts as given when it differs from its field's default, so
+    the check is the same from Python and from the command line. Refused: the
+    data options the source does not list (:attr:`DataSource.options`,
+    ``--data-path`` unless it reads one), the model options the model entry
+    does not list (:attr:`ModelEntry.options`; ``--cache-dir`` is named only
+    when nothing else is wrong), ``--tau`` and ``--target-label`` under the
+    majority rule, the kernel options of a table (always categorical
+    substitution), Ray's options under the local executor, ``--threads``
+    beyond this machine's CPUs, a ``--device`` this torch cannot use (or a
+    ``--dtype`` it cannot run there), and an ``--out`` that is not a folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such option, why it is refused and what is accepted.
+    """
+    d, m, z, x = config.data, config.model, config.noise, config.executor
+    for name in DATA_OPTIONS:
+        if _given(d, name) and name not in source.options:
+            takers = [s.name for s in DATA_SOURCES.values() if name in s.options]
+            raise ConfigError(_flag(name), f"no value with --dataset {source.name} (read by "
+                              f"{', '.join(takers)})", getattr(d, name))
+    if _given(d, "data_path") and not (source.needs_path or source.reads_path):
+        takers = [s.name for s in DATA_SOURCES.values() if s.needs_path or s.reads_path]
+        raise ConfigError("--data-path", f"no value with --dataset {source.name}, which is "
+                          f"bundled and reads no path (read by {', '.join(takers)})", d.data_path)
+    unread = [name for name in MODEL_OPTIONS if entry.options is not None
+              and _given(d if name == "image_size" else m, name) and name not in entry.options]
+    for name in unread:
+        if name != "cache_dir":  # named last: a harmless leftover, unlike the other mistakes
+            _refuse_model_option(name, config)
+    if resolved_decision(config, source, entry) == "majority":
+        why = ("--decision majority" if config.decision.decision == "majority" else
+               f"--decision auto with --dataset {source.name}")
+        for name in ("tau", "target_label"):
+            if _given(config.decision, name):
+                raise ConfigError(_flag(name), f"no value under the majority rule ({why}); read "
+                                  "by --decision threshold", getattr(config.decision, name))
+    if source.tabular:
+        for name in ("kernel", "attacker_alphabet"):
+            if _given(z, name):
+                raise ConfigError(_flag(name), f"no value with --dataset {source.name}: a table's "
+                                  "fields always get categorical substitution over their own "
+                                  "categories", getattr(z, name))
+    if x.executor != "ray":
+        for name in EXECUTOR_OPTIONS:
+            if _given(x, name):
+                raise ConfigError(_flag(name), "no value with --executor local (read by "
+                                  "--executor ray)", getattr(x, name))
+    if x.threads is not None and (x.executor == "local" or x.ray_address is None):
+        # Intra-op threads beyond the cores only wait on one another at every parallel region.
+        cpus = os.cpu_count() or 1
+        if x.threads > cpus:
+            raise ConfigError("--threads", f"at most {cpus}, the CPUs of this machine (more "
+                              "torch threads than cores slow a run down; leave it out to fit "
+                              "the free cores)", x.threads)
+    if "device" in (entry.options or ()):
+        _check_device(m.device, m.dtype)
+    out = config.out_dir
+    blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        where = "that is a file" if blocking == out else f"below the file {blocking}"
+        raise ConfigError("--out", f"a folder for the run (new, or a run's to resume), not a path "
+                          f"{where}", str(out))
+    if unread:
+        _refuse_model_option(unread[0], config)
+
+
+def _refuse_model_option(name: str, config: RunConfig) -> None:
+    value = getattr(config.data if name == "image_size" else config.model, name)
+    takers = [e.prefix for e in MODELS.values() if name in (e.options or ())]
+    raise ConfigError(_flag(name), f"no value with --model {config.model.model} (read by "
+                      f"{', '.join(takers) or 'no registered model'})", value)
+
+
+def resolved_decision(config: RunConfig, source: DataSource, entry: ModelEntry) -> str:
+    """The rule ``--decision`` names; ``auto``: threshold for hf: guards, else the data set's."""
+    kind = config.decision.decision
+    if kind == "auto":
+        kind = source.default_decision if entry.prefix != "hf:" else "threshold"
+    return kind
+
+
+def _given(group, name: str) -> bool:
+    """Whether ``group.name`` differs from the field's default (an option the run was given)."""
+    field_ = next(f for f in dataclasses.fields(group) if f.name == name)
+    default = field_.default_factory() if field_.default is dataclasses.MISSING else field_.default
+    return getattr(group, name) != default
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_device(device, dtype) -> None:
+    """``--device`` names a device this torch can use, and ``--dtype`` runs there."""
+    try:
+        import torch
+    except ImportError:  # the hf: loader reports the missing extra
+        return
+    from .models.hf import resolve_dtype
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError("--device", DEVICES, device) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (parsed.index or 0) >= count:
+            seen = (f"sees {count} CUDA device(s)" if count else
+                    f"sees no CUDA device (version {torch.__version__}"
+                    + (", a CPU-only build: install a CUDA build of torch, see README.md"
+                       if torch.version.cuda is None else "") + ")")
+            raise ConfigError("--device", f"a device this machine has: torch {seen}", device)
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("--device", "a device this machine has: torch sees no MPS "
+                              "device", device)
+    elif parsed.type != "cpu":
+        raise ConfigError("--device", DEVICES, device)
+    try:
+        resolve_dtype(dtype, str(parsed))
+    except ValueError as err:
+        raise ConfigError("--dtype", f"a precision the device runs ({err})", dtype) from None
 
 
 def _check_folder(path, source):
@@ -368,6 +511,15 @@ def _check_hf(config: RunConfig, source: DataSource) -> None:
         raise ConfigError("--kernel", "uniform with an hf: guard", z.kernel)
     if m.hf_task == "image-text-to-text":  # with auto, checked once the guard's kind is known
         _check_hf_image_guard(config)
+    size = config.data.image_size
+    if m.hf_task in ("text-generation", "text-classification") and size is not None:
+        raise ConfigError("--image-size", f"no value with --hf-task {m.hf_task} (a text guard "
+                          "reads no image)", size)
+    if m.hf_task == "text-classification":
+        for name in ("policy", "hf_rule"):
+            if _given(m, name):
+                raise ConfigError(_flag(name), "no value with --hf-task text-classification (it "
+                                  "applies to chat guards)", getattr(m, name))
     if m.hf_flagged is not None and m.hf_task not in ("auto", "text-classification"):
         raise ConfigError("--hf-flagged", "no flagged labels with --hf-task "
                           f"{m.hf_task} (they name a text-classification guard's labels)",
@@ -471,6 +623,12 @@ def _prepare_hf_text(config: RunConfig, guard, examples: list[tuple], settings: 
     if z.denoiser is not None:
         raise ConfigError("--denoiser", "an image guard (a text-only guard reads no image)",
                           z.denoiser)
+    if config.data.image_size is not None:
+        raise ConfigError("--image-size", "no value with a text-only guard (it reads no image)",
+                          config.data.image_size)
+    if _given(config.model, "hf_rule") and guard.describe().get("task") == "text-classification":
+        raise ConfigError("--hf-rule", "no value with a text-classification guard (it applies "
+                          "to chat guards)", config.model.hf_rule)
     if z.baseline == "image-only":
         raise ConfigError("--baseline", "none or text-only with a text-only hf: guard (it reads "
                           "no image)", z.baseline)

@@ -29,7 +29,15 @@ import numpy as np
 from .config import ConfigError, RunConfig
 from .datasets.base import Split
 from .decision import DecisionRule
-from .registries import DATA_SOURCES, Task, check_config, data_identity, model_entry, model_identity
+from .registries import (
+    DATA_SOURCES,
+    Task,
+    check_config,
+    data_identity,
+    model_entry,
+    model_identity,
+    resolved_decision,
+)
 from .rundir import check_run_dir
 from .runsettings import RunSettings
 from .smoothing import engine_batch
@@ -182,9 +190,7 @@ def plan(config: RunConfig) -> Plan:
     if entry.prepare is not None:
         task = entry.prepare(config, task)
     r = config.decision
-    kind = r.decision
-    if kind == "auto":
-        kind = source.default_decision if entry.prefix != "hf:" else "threshold"
+    kind = resolved_decision(config, source, entry)
     if entry.prefix == "hf:" and kind != "threshold":
         raise ConfigError("--decision", "threshold (or auto) with an hf: guard", kind)
     if kind == "threshold" and r.target_label >= task.num_classes:
@@ -259,6 +265,22 @@ def _brief(value) -> str:
     return "(" + ", ".join(items) + ")"
 
 
+def _size_line(config: RunConfig, split_size: int) -> str:
+    """How many examples the run certifies and roughly what that costs, said before it starts."""
+    e, out = config.estimation, config.out_dir
+    count = min(config.data.limit or split_size, split_size)
+    what = (f"the first {count:,} of {split_size:,} test examples" if count < split_size else
+            f"all {count:,} test examples" + ("" if config.data.limit or count <= 100 else
+                                             " (--limit N certifies the first N)"))
+    if e.resolved_sampling == "sequential":
+        cost = (f"up to n_max = {e.resolved_n_max:,} model calls each (sequential sampling may stop "
+                "earlier)")
+    else:
+        cost = f"at least n = {e.n:,} model calls each ({count * e.n:,} or more in all)"
+    return f"certifying {what} -> {out}/: {cost}"
+
+
+
 def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = None) -> Path:
     """Certify the run ``config`` describes (local or Ray) and write its report; the run directory.
 
@@ -278,7 +300,7 @@ def certify_run(config: RunConfig, *, announce: Callable[[str], None] | None = N
     # A resume with other settings is refused now, before the model is built or trained.
     check_run_dir(out, settings)
     split = p.split
-    say(f"{min(config.data.limit or len(split), len(split))} test examples -> {out}/")
+    say(_size_line(config, len(split)))
     if x.executor == "ray":
         from .distributed import certify_split_ray
 

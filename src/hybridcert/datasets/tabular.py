@@ -58,6 +58,7 @@ ADULT_FILES = {
     "adult.test": ("a2a9044bc167a35b2361efbabec64e89d69ce82d9790d2980119aac5fd7e9c05", 16_281),
 }
 ADULT_LABEL_COLUMNS = ("income", "income-per-year", "class")  # UCI, fairness, OpenML
+ADULT_LABELS = ("<=50K", ">50K")  # coded 0 and 1, in this (sorted) order
 ADULT_ATTRIBUTION = (
     "Becker, B. and Kohavi, R. (1996), Adult, UCI Machine Learning Repository, "
     "doi:10.24432/C5XW20. Licence: Creative Commons Attribution 4.0 International (CC BY 4.0); "
@@ -124,6 +125,9 @@ def _adult_rows(text: str, where: str) -> list[dict]:
         missing = sorted(set(ADULT_COLUMNS) - set(header))
         if missing:
             raise ValueError(f"{where}: the header lacks the columns {missing}")
+    if not raw:
+        raise ValueError(f"{where}: no rows (an empty file?); expected the UCI adult.data format "
+                         "(15 comma-separated columns, no header) or a CSV with a header row")
     rows = []
     for line, values in enumerate(raw, 1):
         if len(values) != len(header):
@@ -131,6 +135,13 @@ def _adult_rows(text: str, where: str) -> list[dict]:
         row = dict(zip(header, values))
         row["income"] = row["income"].rstrip(".")  # adult.test writes '>50K.'
         rows.append(row)
+    # The labels are read as 0 = <=50K, 1 = >50K (the card says so); other strings would be
+    # coded by their sort order and silently swap or rename the classes.
+    other = sorted({r["income"] for r in rows} - set(ADULT_LABELS))
+    if other:
+        raise ValueError(f"{where}: the income labels must be {' or '.join(ADULT_LABELS)} "
+                         f"(adult.test's trailing '.' is allowed), found {other[:5]}"
+                         + (f" and {len(other) - 5} more" if len(other) > 5 else ""))
     return rows
 
 
@@ -203,6 +214,9 @@ def load_adult(path: str | os.PathLike | None = None, seed: int = 0,
                f"numpy.random.default_rng({seed})")
     missing = {c: sum(r[c] == "?" for r in rows) for c in ADULT_CATEGORICAL}
     high = sum(r["income"] == ">50K" for r in rows)
+    if high in (0, len(rows)):
+        raise ValueError(f"{path or 'the bundled Adult data'}: all {len(rows)} rows are labelled "
+                         f"{rows[0]['income']}; both {' and '.join(ADULT_LABELS)} are needed")
     card = "\n".join([
         "What it is. The UCI Adult census income data (1994 US census extract; the paper's "
         "tabular experiment): predict whether a person earns more than $50K a year. Read from "

@@ -30,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 MODEL_VERSION = 1
 
-logger = logging.getLogger(__name__)
-
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """Where demo models are cached: ``path``, ``$HYBRIDCERT_CACHE`` or ``~/.cache/hybridcert``."""
@@ -50,6 +48,24 @@ def _key(data: Dataset, **settings) -> str:
     blob = json.dumps({"version": MODEL_VERSION, "data": data.name, "digest": digest.hexdigest(),
                        **settings}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_cache(path: Path, read):
+    """``read(path)`` of a cached model, or None when there is none or it cannot be read.
+
+    A damaged file (a truncated write by another tool, a disk error, an edit) is
+    trained again from the same seed and replaced, with a warning naming it: the
+    cache only saves time, so it never decides what is certified.
+    """
+    if not path.exists():
+        return None
+    try:
+        return read(path)
+    except Exception as err:  # any failure to read it: the model is trained again
+        logger.warning("the cached demo model %s cannot be read (%s: %s); training it again "
+                       "(the file is replaced)", path, type(err).__name__,
+                       str(err).splitlines()[0] if str(err) else "")
+        return None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -156,9 +172,14 @@ def _fusion_model(data, augment, vocab_size, tag, random_state, epochs, cache, v
     pixels = int(np.prod(data.train.x_continuous.shape[1:]))
     key = _fusion_key(data, tag, vocab_size, random_state, epochs)
     path = cache_dir(cache) / f"mm-interaction-{key}.pt"
-    if path.exists():
+
+    def read(path):
         net = fusion_net(vocab_size, length, pixels)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return net
+
+    net = _read_cache(path, read)
+    if net is not None:
         return TorchClassifier(net)
     (logger.info if verbose else logger.debug)(
         "training the demo model (cached afterwards in %s) ...", path)
@@ -284,10 +305,17 @@ def tabular_model(data: Dataset, *, sigma: float, beta: float, random_state: int
     """
     key, copies, estimator = _tabular_key(data, sigma, beta, random_state, copies, estimator)
     path = cache_dir(cache) / f"{data.name}-{estimator}-{key}.pkl"
-    if path.exists():
+
+    def read(path):
         with path.open("rb") as fh:
             pipeline, training = pickle.load(fh)
-        return _with_training(SklearnClassifier(pipeline), training)
+        if not hasattr(pipeline, "predict") or not isinstance(training, dict):
+            raise TypeError("not a fitted pipeline and its training record")
+        return pipeline, training
+
+    cached = _read_cache(path, read)
+    if cached is not None:
+        return _with_training(SklearnClassifier(cached[0]), cached[1])
     logger.info("training the %s demo model on %d x %d noisy rows (cached afterwards in %s)",
                 estimator, copies, len(data.train), path)
     kernel = CategoricalSubstitution(beta=beta, arities=data.arities)
