@@ -47,6 +47,10 @@ def refused(argv, tmp_path, capsys, command="certify"):
      "auto with --dataset tabular); read by --decision threshold"),
     (["--decision", "majority", "--target-label", "0"], "--target-label",
      "under the majority rule (--decision majority)"),
+    (["--threat-size", "2"], "--threat-size", "no value with --threat l0"),
+    (["--threat", "suffix", "--filler", "3"], "--filler", "(read by --threat append)"),
+    (["--baseline", "image-only", "--beta", "0.3"], "--beta", "--baseline image-only"),
+    (["--baseline", "text-only", "--sigma", "0.25"], "--sigma", "--baseline text-only"),
     (["--workers", "4"], "--workers", "no value with --executor local"),
     (["--gpus-per-worker", "1"], "--gpus-per-worker", "no value with --executor local"),
     (["--model", "hf:org/guard", "--cache-dir", "c"], "--cache-dir", "(read by demo)"),
@@ -60,6 +64,11 @@ def test_an_option_the_run_does_not_read_is_refused(argv, option, reason, tmp_pa
         argv = [*argv, "--cache-dir", str(tmp_path / "cache")]
     line = refused(argv, tmp_path, capsys)
     assert f"error: {option}: expected no value " in line and reason in line
+
+
+def test_n_max_without_sequential_sampling_is_refused(tmp_path, capsys):
+    line = refused(["--n-max", "500", "--cache-dir", str(tmp_path / "cache")], tmp_path, capsys)
+    assert "error: --n-max: expected None with fixed sampling" in line and "got 500" in line
 
 
 def test_threads_beyond_the_machine_are_refused(tmp_path, capsys):
@@ -271,7 +280,8 @@ def test_a_resume_with_other_settings_is_refused_before_a_model_is_trained(tmp_p
         main(["certify", "--out", str(out), "--beta", "0.3", "--cache-dir", str(cache)])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1
-    assert "holds results made with other settings (beta: 0.25 -> 0.3)" in err
+    assert "holds results made with other settings (" in err
+    assert "'beta': 0.25" in err and "'beta': 0.3" in err   # the kernel's description
     assert not cache.exists()  # no demo model trained for a run that is refused
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
     assert (out / "run.json").read_text() == recorded

@@ -289,7 +289,9 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
     does not list (:attr:`ModelEntry.options`; ``--cache-dir`` is named only
     when nothing else is wrong), ``--tau`` and ``--target-label`` under the
     majority rule, the kernel options of a table (always categorical
-    substitution), Ray's options under the local executor, ``--threads``
+    substitution), ``--threat-size`` and ``--filler`` where the threat region
+    reads none, ``--beta`` and ``--sigma`` where the baseline draws no such
+    noise, Ray's options under the local executor, ``--threads``
     beyond this machine's CPUs, a ``--device`` this torch cannot use (or a
     ``--dtype`` it cannot run there), and an ``--out`` that is not a folder.
 
@@ -326,6 +328,14 @@ def check_run_options(config: RunConfig, source: DataSource, entry: ModelEntry) 
                 raise ConfigError(_flag(name), f"no value with --dataset {source.name}: a table's "
                                   "fields always get categorical substitution over their own "
                                   "categories", getattr(z, name))
+    # Noise options the threat region or the baseline does not read.
+    for name, unused, why in (
+            ("threat_size", z.threat == "l0", "--threat l0 (read by --threat suffix or append)"),
+            ("filler", z.threat != "append", f"--threat {z.threat} (read by --threat append)"),
+            ("beta", z.baseline == "image-only", "--baseline image-only (no token noise)"),
+            ("sigma", z.baseline == "text-only", "--baseline text-only (no Gaussian noise)")):
+        if unused and _given(z, name):
+            raise ConfigError(_flag(name), f"no value with {why}", getattr(z, name))
     if x.executor != "ray":
         for name in EXECUTOR_OPTIONS:
             if _given(x, name):
