@@ -50,7 +50,7 @@ import numpy as np
 
 from ._validation import check_int
 from .record import Certificate
-from .sampling import LabelCounts, check_labels, count_labels
+from .sampling import LabelCounts, ModelError, check_labels
 from .smoothing import SmoothedClassifier, _Job
 from .streams import concat_batches
 
@@ -298,8 +298,11 @@ class LookScheduler:
         served = [w for w, *_ in requests if w.error is None]
         for work in served:
             parts, work.parts = work.parts, []
-            work.job.receive(_merge(parts))
-        _Job.advance([w.job for w in served])
+            try:
+                work.job.receive(_merge(parts))
+            except ModelError as err:  # too many failed samples: this input fails, not the round
+                work.error = err
+        _Job.advance([w.job for w in served if w.error is None])
         return [w for w in active if w.error is not None or w.job.request() is None]
 
     def _classify(self, chunk: list[tuple[_Work, int, int, int]]) -> None:
@@ -322,9 +325,11 @@ class LookScheduler:
             piece = model if labels is None else (lambda t, c, a=a, b=b: labels[a:b])
             try:
                 # the one counting loop; a single batch of the piece's size
-                work.parts.append(count_labels(piece, lambda size, d=(tok, cont): d, int(b - a),
-                                               batch_size=int(b - a), num_classes=num_classes))
+                work.parts.append(smoothed._count_labels(piece, lambda size, d=(tok, cont): d,
+                                                         int(b - a), int(b - a)))
             except Exception as err:
+                if isinstance(err, ModelError):  # the input's counts, not only this piece's
+                    err.calls += work.job.calls
                 work.error = err
 
 
