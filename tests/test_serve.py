@@ -226,3 +226,37 @@ def test_an_api_key_comes_from_the_environment(tmp_path):
         assert httpx.get(server.url + "/health").status_code == 200   # liveness stays open
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_ray_serve_with_two_replicas_answers_like_certify(tmp_path, model_cache):
+    pytest.importorskip("ray.serve", reason="ray[serve] (hybridcert[ray,serve])")
+    import ray
+    from ray import serve
+
+    import hybridcert
+    from hybridcert.serve import ServeOptions
+    from hybridcert.serve_ray import deploy
+
+    source = str(Path(hybridcert.__file__).resolve().parents[1])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": source,
+                                       "HYBRIDCERT_CACHE": str(model_cache)}})
+    try:
+        p, e = offline(DEMO)
+        port = free_port()
+        deploy(p, ServeOptions(port=port), replicas=2, cpus_per_replica=0.5)
+        assert len(serve.status().applications["hybridcert"].deployments) == 1
+        smoothed, split = p.builder(), p.split
+        url = f"http://127.0.0.1:{port}/v1/classify"
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda i: httpx.post(url, timeout=120, json=request_of(
+                split.x_discrete[i], split.x_continuous[i], seed=i)).json(), range(8)))
+        for i, got in enumerate(answers):
+            cert = certify_offline(smoothed, e, split.x_discrete[i], split.x_continuous[i], i)
+            assert got["p_lower"] == cert.p_lower and got["model_calls"] == cert.model_calls
+        status = serve.status().applications["hybridcert"].deployments["HybridcertGuard"]
+        assert status.replica_states.get("RUNNING") == 2
+    finally:
+        serve.shutdown()
+        ray.shutdown()

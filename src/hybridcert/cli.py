@@ -187,6 +187,8 @@ def _add_serve(commands, common) -> None:
     a("--max-text", type=int, default=4096, help="longest text of a guard's request")
     a("--no-batching", action="store_true",
       help="one request's looks at a time (requests do not share model batches)")
+    a("--replicas", type=int, default=2, help="--executor ray: Ray Serve replicas, one model "
+      "each (2), with --cpus-per-worker and --gpus-per-worker each")
     p.set_defaults(run=_run_serve)
 
 
@@ -199,7 +201,13 @@ def _run_serve(args) -> int:
     p = plan(RunConfig.from_args(args))
     print(f"hybridcert serve: http://{options.host}:{options.port} (model {args.model}, "
           f"targets {p.config.estimation.targets})", flush=True)
-    run_server(p, options)
+    if args.executor == "ray":
+        from .serve_ray import deploy
+
+        deploy(p, options, replicas=args.replicas, cpus_per_replica=args.cpus_per_worker,
+               gpus_per_replica=args.gpus_per_worker, address=args.ray_address, blocking=True)
+    else:
+        run_server(p, options)
     return 0
 
 

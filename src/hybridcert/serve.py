@@ -405,13 +405,24 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
         settings_sha256: str
 
     service_box: dict = {}
+    box_lock = threading.Lock()
+
+    def get_service() -> _Service:
+        """The service, built on first use (a Ray Serve replica has no lifespan of ours)."""
+        with box_lock:
+            if "service" not in service_box:
+                service_box["service"] = _Service(plan, options, smoothed)
+            return service_box["service"]
 
     async def lifespan(app):
-        service_box["service"] = _Service(plan, options, smoothed)
+        get_service()   # uvicorn: load the model before the first request
         try:
             yield
         finally:
-            service_box.pop("service").close()
+            with box_lock:
+                service = service_box.pop("service", None)
+            if service is not None:
+                service.close()
 
     app = FastAPI(title="hybridcert", version=__version__, lifespan=lifespan,
                   description="A certified guard: the smoothed classifier's decision and its "
@@ -444,13 +455,16 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
 
     @app.get("/health")
     async def health():
-        service = service_box.get("service")
-        ready = bool(service is not None and service.ready)
+        try:
+            ready = get_service().ready
+        except Exception as err:   # a model that does not load: live, not ready
+            logger.warning("not ready: %s: %s", type(err).__name__, err)
+            ready = False
         return JSONResponse({"live": True, "ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/v1/info")
     async def info():
-        service = service_box["service"]
+        service = get_service()
         import platform
 
         return {"hybridcert": __version__, "python": platform.python_version(),
@@ -462,7 +476,7 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyRequest):
-        return await _classify(service_box["service"], body, one_line)
+        return await _classify(get_service(), body, one_line)
 
     return app
 
