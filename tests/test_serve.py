@@ -260,3 +260,44 @@ def test_ray_serve_with_two_replicas_answers_like_certify(tmp_path, model_cache)
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_a_full_queue_answers_503_with_retry_after(tmp_path):
+    server = Server([*DEMO, "--queue-size", "1", "--n-max", "20000"], tmp_path)
+    try:
+        body = {"x_discrete": list(range(10)), "x_continuous": [[0.45] * 28] * 28}
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda s: httpx.post(server.url + "/v1/classify", timeout=120,
+                                                         json={**body, "seed": s}), range(16)))
+        codes = [a.status_code for a in answers]
+        assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
+        busy = next(a for a in answers if a.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "queue full" in busy.json()["detail"]
+        again = httpx.post(server.url + "/v1/classify", timeout=120, json={**body, "seed": 0})
+        assert again.status_code == 200
+    finally:
+        server.stop()
+
+
+def test_guard_images_are_decoded_strictly():
+    pytest.importorskip("PIL", reason="image decoding needs pillow (hybridcert[serve])")
+    import base64
+    import io
+
+    from PIL import Image
+
+    from hybridcert.serve import BadInput, decode_image
+
+    example = np.zeros((8, 8, 3), np.float32)
+    pixels = (np.arange(8 * 8 * 3) % 256).astype(np.uint8).reshape(8, 8, 3)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    image = decode_image(base64.b64encode(png.getvalue()).decode(), example)
+    assert image.dtype == np.float32 and np.array_equal(image * 255, pixels.astype(np.float32))
+    assert np.array_equal(decode_image(png.getvalue(), example), image)   # multipart bytes
+    for data, status, words in [(b"not an image", 415, "PNG or JPEG"),
+                                ("%%%", 400, "base64"),
+                                (png.getvalue(), 422, "this guard takes 16x16")]:
+        with pytest.raises(BadInput, match=words) as info:
+            decode_image(data, np.zeros((16, 16, 3)) if status == 422 else example)
+        assert info.value.status == status

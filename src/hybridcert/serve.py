@@ -48,6 +48,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
@@ -366,7 +367,7 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
 
     ``smoothed`` replaces ``plan.builder()`` (a test's failing model, a replica's).
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
@@ -377,7 +378,8 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
         """One input: a guard's text (+ image), or the arrays of the demo and table models."""
 
         text: str | None = Field(None, description="user text (hf: guards)")
-        image: str | None = Field(None, description="base64 PNG or JPEG (hf: image guards)")
+        image: str | None = Field(None, description="base64 PNG or JPEG (hf: image guards); "
+                                  "/v1/classify/form takes the file itself")
         x_discrete: list[int] | None = Field(None, description="token ids / table codes")
         x_continuous: list | None = Field(None, description="continuous part, nested lists")
         seed: int | None = Field(None, ge=0, lt=2**63,
@@ -476,6 +478,16 @@ def create_app(plan, options: ServeOptions | None = None, *, smoothed=None):
 
     @app.post("/v1/classify", response_model=ClassifyResponse)
     async def classify(body: ClassifyRequest):
+        return await _classify(get_service(), body, one_line)
+
+    @app.post("/v1/classify/form", response_model=ClassifyResponse)
+    async def classify_form(text: Annotated[str | None, Form()] = None,
+                            image: Annotated[UploadFile | None, File()] = None,
+                            seed: Annotated[int | None, Form(ge=0, lt=2**63)] = None):
+        """The guard's request as multipart/form-data: ``text``, an ``image`` file, ``seed``."""
+        data = None if image is None else await image.read()
+        body = ClassifyRequest.model_construct(text=text, image=data, x_discrete=None,
+                                               x_continuous=None, seed=seed)
         return await _classify(get_service(), body, one_line)
 
     return app
