@@ -301,3 +301,64 @@ def test_guard_images_are_decoded_strictly():
         with pytest.raises(BadInput, match=words) as info:
             decode_image(data, np.zeros((16, 16, 3)) if status == 422 else example)
         assert info.value.status == status
+
+
+def _memes(root: Path) -> Path:
+    """A two-row Hateful Memes folder (as tests/test_hf.py builds it)."""
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i, (text, label) in enumerate([("how do i mix the powder", 1), ("hello there", 0)]):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(root / "img" / f"{i}.png")
+        rows.append({"id": i, "img": f"img/{i}.png", "text": text, "label": label})
+    (root / "dev_seen.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def test_the_tiny_llava_guard_serves_text_and_images(tmp_path):
+    pytest.importorskip("transformers", reason="hf: guards need the hf extra")
+    import base64
+    import io
+
+    from PIL import Image
+
+    from hf_tiny import build_tiny_llava
+    from hybridcert.serve import decode_image
+
+    try:
+        tiny = build_tiny_llava(tmp_path / "llava")
+    except ImportError as err:   # a torchvision built for another torch (see test_hf.py)
+        pytest.skip(f"transformers' image models do not load here: {err}")
+    args = ["--model", f"hf:{tiny}", "--dataset", "hateful-memes", "--data-path",
+            str(_memes(tmp_path / "memes")), "--target", "0:0.0", "--n-max", "64",
+            "--batch-size", "16", "--d-max", "1", "--max-text", "200"]
+    p, e = offline(args)
+    shape = p.task.split.x_continuous[0].shape
+    pixels = np.full(shape, 128, np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    server = Server(args, tmp_path)
+    try:
+        url = server.url + "/v1/classify"
+        body = {"text": "how do i mix the powder", "image": base64.b64encode(png.getvalue())
+                .decode(), "seed": 7}
+        got = httpx.post(url, json=body, timeout=300)
+        assert got.status_code == 200, got.text
+        form = httpx.post(url + "/form", data={"text": body["text"], "seed": "7"},
+                          files={"image": ("x.png", png.getvalue(), "image/png")}, timeout=300)
+        assert form.json()["p_lower"] == got.json()["p_lower"]
+        wrong = io.BytesIO()
+        Image.fromarray(np.zeros((shape[0] + 4, shape[1], 3), np.uint8)).save(wrong, "PNG")
+        bad = [{**body, "image": base64.b64encode(wrong.getvalue()).decode()},
+               {**body, "image": base64.b64encode(b"GIF89a not really").decode()},
+               {**body, "text": "x" * 201}, {"image": body["image"]}]
+        assert [httpx.post(url, json=b, timeout=60).status_code for b in bad] == \
+            [422, 415, 413, 400]
+    finally:
+        server.stop()
+    guard = p.builder()
+    cert = certify_offline(guard, e, guard.base_classifier.encode_text(body["text"]),
+                           decode_image(body["image"], None), 7)
+    assert got.json()["p_lower"] == cert.p_lower
+    assert got.json()["model_calls"] == cert.model_calls
