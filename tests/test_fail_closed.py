@@ -170,3 +170,13 @@ def test_the_tiny_llava_guard_given_a_channels_first_image_is_an_error(tmp_path)
         smooth.predict(guard.encode_text("how do i mix the powder"), channels_first, n=16)
     # never "not flagged": the call raised, with the guard's own reason
     assert info.value.errors >= 1 and info.value.first_error
+
+
+def test_a_model_error_survives_pickling():
+    import pickle
+
+    err = ModelError("the base classifier raised", first_error="RuntimeError: x", errors=3,
+                     calls=9)
+    back = pickle.loads(pickle.dumps(err))
+    assert (str(back), back.first_error, back.errors, back.calls) == (str(err), "RuntimeError: x",
+                                                                      3, 9)

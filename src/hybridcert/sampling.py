@@ -54,6 +54,13 @@ class ModelError(RuntimeError):
         super().__init__(message)
         self.first_error, self.errors, self.calls = first_error, int(errors), int(calls)
 
+    def __reduce__(self):   # keyword arguments survive pickling (Ray workers, processes)
+        return _model_error, (str(self), self.first_error, self.errors, self.calls)
+
+
+def _model_error(message: str, first_error: str, errors: int, calls: int) -> ModelError:
+    return ModelError(message, first_error=first_error, errors=errors, calls=calls)
+
 
 def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_size: int,
                  num_classes: int, failed_label: int = ABSTAIN,
