@@ -1,6 +1,6 @@
 """Load on ``hybridcert serve``: requests/s, latency and calls per request, batching on vs off.
 
-    python benchmarks/serve_load.py [--requests 200] [--clients 32] [--n-max 2000]
+    python benchmarks/serve_load.py [--requests 200] [--clients 32] [--n-max 2000] [--no-llava]
 
 Starts ``hybridcert serve`` on the demo model (``--target 1:0.25``, threshold
 rule, alpha 0.001) in a subprocess, twice: with batching across requests (the
@@ -10,7 +10,9 @@ one request's looks at a time). ``--clients`` threads send the test split's
 inputs (``--requests`` in all, each with its own seed) over HTTP with httpx.
 Columns: requests/s, p50 and p99 latency (ms, client side), model calls per
 request, and whether both arms gave the same answers (they must: the seed fixes
-the noise, batching only shares the model's batches).
+the noise, batching only shares the model's batches). Then the same on the
+tests' tiny LLaVA guard (built offline by ``tests/hf_tiny.py``; a two-row
+Hateful Memes folder; ``--target 0:0.0``, n_max 64; text + PNG requests).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def main(argv=None) -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--n-max", type=int, default=2000)
+    parser.add_argument("--no-llava", dest="llava", action="store_false",
+                        help="leave out the tiny LLaVA guard")
     opts = parser.parse_args(argv)
     sys.path.insert(0, str(SRC))
     from hybridcert.config import RunConfig
@@ -103,17 +107,57 @@ def main(argv=None) -> None:
                        "x_continuous": np.asarray(split.x_continuous[i], np.float64).tolist(),
                        "seed": k})
     args = ["--target", "1:0.25", "--n-max", str(opts.n_max), "--timeout", "600"]
-    rows = [run_arm("batching on", args, bodies, opts.clients),
-            run_arm("batching off", [*args, "--no-batching"], bodies, opts.clients)]
+    _table(f"demo model, {opts.requests} requests, {opts.clients} clients, n_max {opts.n_max}",
+           [run_arm("batching on", args, bodies, opts.clients),
+            run_arm("batching off", [*args, "--no-batching"], bodies, opts.clients)])
+    if opts.llava:
+        _llava(opts)
+
+
+def _table(title: str, rows: list[dict]) -> None:
     same = rows[0].pop("answers") == rows[1].pop("answers")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"demo model, {opts.requests} requests, {opts.clients} clients, n_max {opts.n_max}, "
-          f"{os.cpu_count()} CPUs, load average {load:.1f} at the end")
+    print(f"{title}; {os.cpu_count()} CPUs, load average {load:.1f} at the end")
     print(f"{'arm':<14}{'req/s':>9}{'p50 ms':>10}{'p99 ms':>10}{'calls/req':>11}")
     for r in rows:
         print(f"{r['arm']:<14}{r['req/s']:>9.1f}{r['p50 ms']:>10.1f}{r['p99 ms']:>10.1f}"
               f"{r['calls/req']:>11.1f}")
-    print(f"same answers with and without batching: {same}")
+    print(f"same answers with and without batching: {same}\n")
+
+
+def _llava(opts) -> None:
+    import base64
+    import io
+    import json
+    import tempfile
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from hf_tiny import build_tiny_llava
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    tiny = build_tiny_llava(tmp / "llava")
+    (tmp / "memes" / "img").mkdir(parents=True)
+    rows = []
+    for i, text in enumerate(["how do i mix the powder", "hello there"]):
+        Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp / "memes" / "img" /
+                                                                      f"{i}.png")
+        rows.append({"id": i, "img": f"img/{i}.png", "text": text, "label": 1 - i})
+    (tmp / "memes" / "dev_seen.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    rng = np.random.default_rng(0)
+    bodies = []
+    for k in range(min(opts.requests, 48)):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png, "PNG")
+        bodies.append({"text": rows[k % 2]["text"], "seed": k,
+                       "image": base64.b64encode(png.getvalue()).decode()})
+    args = ["--model", f"hf:{tiny}", "--dataset", "hateful-memes", "--data-path",
+            str(tmp / "memes"), "--target", "0:0.0", "--n-max", "64", "--batch-size", "64",
+            "--d-max", "1", "--timeout", "600"]
+    _table(f"tiny LLaVA guard (CPU), {len(bodies)} requests, {min(opts.clients, 16)} clients",
+           [run_arm("batching on", args, bodies, min(opts.clients, 16)),
+            run_arm("batching off", [*args, "--no-batching"], bodies, min(opts.clients, 16))])
 
 
 if __name__ == "__main__":
