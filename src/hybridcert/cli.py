@@ -176,8 +176,8 @@ def _add_serve(commands, common) -> None:
     a = p.add_argument
     a("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     a("--port", type=int, default=8000, help="port (8000)")
-    a("--queue-size", type=int, default=64,
-      help="requests admitted at once; more get 503 with Retry-After (64)")
+    a("--queue-size", type=int, default=1024,
+      help="requests admitted at once; more get 503 with Retry-After (1024)")
     a("--max-calls", type=int, default=None, help="most model calls per request (default n-max "
       "+ n0); at the limit open targets are undecided")
     a("--timeout", type=float, default=30.0, help="seconds per request (30); at the limit open "

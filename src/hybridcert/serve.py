@@ -91,7 +91,7 @@ class ServeOptions:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    queue_size: int = 64
+    queue_size: int = 1024
     max_calls: int | None = None
     timeout: float | None = 30.0
     audit_log: str | None = None
@@ -540,7 +540,8 @@ def run_server(plan, options: ServeOptions) -> None:
         logger.warning("listening on %s without an API key (set %s)", options.host, API_KEY_ENV)
     app = create_app(plan, options)
     uvicorn.run(app, host=options.host, port=options.port, log_level="warning",
-                limit_concurrency=options.queue_size * 2 + 16)
+                # above the admission bound, so that a full queue answers with our 503
+                limit_concurrency=options.queue_size + 64)
 
 
 def options_from_args(args) -> ServeOptions:
