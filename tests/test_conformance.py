@@ -472,6 +472,7 @@ def test_a_sample_that_crashes_the_model_does_not_take_its_batch_along():
     x = CLEAN_TOKENS
     attacked = attacked_inputs(L0Anywhere(), x, 1)
     smoothed = make(fragile, KERNELS["uniform"](), L0Anywhere())
+    smoothed.on_model_error, smoothed.max_error_rate = "flag", 1.0  # count the crashes, go on
     tokens, cont = smoothed.sample(attacked[1], IMAGE, 4000, random_state=3)
     alone = []
     for i in range(4000):  # each sample on its own

@@ -29,7 +29,8 @@ def smoothed(decision="threshold"):
     return SmoothedClassifier(brightness, discrete_noise=UniformSubstitution(beta=0.3,
                                                                              vocab_size=20),
                               sigma=0.5, decision=decision,
-                              tau=0.2 if decision == "threshold" else None, batch_size=32)
+                              tau=0.2 if decision == "threshold" else None, batch_size=32,
+                              on_model_error="flag", max_error_rate=1.0)
 
 
 OPTIONS = {"alpha": 0.01, "d_max": 2, "n_max": 4000}

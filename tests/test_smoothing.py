@@ -138,14 +138,15 @@ def test_abstentions_and_exceptions_count_against_the_label():
         return labels
 
     smooth = SmoothedClassifier(flaky, discrete_noise=AbsorbingMask(beta=0.5, mask_id=-1),
-                                sigma=0.25, decision="threshold", tau=0.5, batch_size=1000)
+                                sigma=0.25, decision="threshold", tau=0.5, batch_size=1000,
+                                on_model_error="flag", max_error_rate=1.0)
     cert = smooth.certify(np.arange(5), np.zeros(3), n=1000, alpha=0.01, random_state=0)
     tokens, _ = smooth.sample(np.arange(5), np.zeros(3), 1000, random_state=0)  # the same draw
     raising, unreadable = tokens[:, 0] == -1, tokens[:, 1] == -1
-    # Each sample keeps its own label: the raising ones abstain, their batch-mates do not.
-    assert cert.count[0] == int((~raising & ~unreadable).sum())
+    # Each sample keeps its own label: the raising ones are flagged, their batch-mates are not.
+    assert cert.count[0] == int((raising | ~unreadable).sum())
     assert cert.errors == int(raising.sum()) and 400 < cert.errors < 600
-    assert cert.abstentions == int((raising | unreadable).sum())
+    assert cert.abstentions == int((~raising & unreadable).sum())
     assert "CUDA out of memory" in cert.first_error
 
 

@@ -48,7 +48,7 @@ from .noise import (
 from .record import Certificate, Estimate, recompute
 from .rundir import load_run
 from .runner import certify_dataset
-from .sampling import ABSTAIN
+from .sampling import ABSTAIN, ModelError
 from .smoothing import SmoothedClassifier
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
@@ -65,6 +65,7 @@ __all__ = [
     "GaussianNoise",
     "InPlaceSuffix",
     "L0Anywhere",
+    "ModelError",
     "SmoothedClassifier",
     "UniformSubstitution",
     "__version__",

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_certify(commands, common)
+    _add_serve(commands, common)
     p = commands.add_parser("report", parents=[common], help="write report.md and figures for "
                             "a run directory (certified accuracy per radius and budget, cost)")
     p.add_argument("run_dir", help="a directory written by `hybridcert certify`")
@@ -56,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_certify(commands, common) -> None:
+    p = commands.add_parser(
+        "certify", parents=[common],
+        help="certify a data set with hybrid randomized smoothing, then write the report",
+        description="Certify a data set's test split (default: the bundled mm-interaction task "
+                    "and its cached demo model) into OUT/results.jsonl; rerun to resume.")
+    _add_run_options(p)
+    p.set_defaults(run=_run_certify)
+    a = p.add_argument_group("output").add_argument
+    a("--out", default=None, help="output directory (default: runs/DATASET)")
+    a("--no-report", action="store_true", help="do not write the report")
+    a("--no-progress", action="store_true", help="no progress bar")
+    a("--verbose", action="store_true", help="log what the run does (threads, training)")
+
+
+def _add_run_options(p) -> None:
+    """The options of a run, generated from the configuration's fields (certify and serve)."""
     from .config import (
         DataConfig,
         DecisionConfig,
@@ -65,19 +82,55 @@ def _add_certify(commands, common) -> None:
         NoiseConfig,
     )
 
-    p = commands.add_parser(
-        "certify", parents=[common],
-        help="certify a data set with hybrid randomized smoothing, then write the report",
-        description="Certify a data set's test split (default: the bundled mm-interaction task "
-                    "and its cached demo model) into OUT/results.jsonl; rerun to resume.")
     add_config_arguments(p, DataConfig, ModelConfig, NoiseConfig, DecisionConfig,
                          EstimationConfig, ExecutorConfig, overrides=_registry_options())
-    a = p.add_argument_group("output").add_argument
-    a("--out", default=None, help="output directory (default: runs/DATASET)")
-    a("--no-report", action="store_true", help="do not write the report")
-    a("--no-progress", action="store_true", help="no progress bar")
-    a("--verbose", action="store_true", help="log what the run does (threads, training)")
-    p.set_defaults(run=_run_certify)
+
+
+def _add_serve(commands, common) -> None:
+    p = commands.add_parser(
+        "serve", parents=[common],
+        help="serve the smoothed classifier over HTTP: each answer is a decision and its "
+             "certificate (hybridcert[serve])",
+        description="Serve POST /v1/classify, GET /v1/info and GET /health, configured like "
+                    "certify (sequential sampling of each request's --target questions). An "
+                    "API key, if any, is read from $HYBRIDCERT_API_KEY only.")
+    _add_run_options(p)
+    a = p.add_argument
+    a("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    a("--port", type=int, default=8000, help="port (8000)")
+    a("--queue-size", type=int, default=1024,
+      help="requests admitted at once; more get 503 with Retry-After (1024)")
+    a("--max-calls", type=int, default=None, help="most model calls per request (default n-max "
+      "+ n0); at the limit open targets are undecided")
+    a("--timeout", type=float, default=30.0, help="seconds per request (30); at the limit open "
+      "targets are undecided")
+    a("--audit-log", default=None, metavar="PATH", help="append-only JSON Lines audit log")
+    a("--max-body", type=int, default=8 * 1024 * 1024, help="largest request body, bytes")
+    a("--max-text", type=int, default=4096, help="longest text of a guard's request")
+    a("--no-batching", action="store_true",
+      help="one request's looks at a time (requests do not share model batches)")
+    a("--replicas", type=int, default=2, help="--executor ray: Ray Serve replicas, one model "
+      "each (2), with --cpus-per-worker and --gpus-per-worker each")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    from .config import RunConfig
+    from .run import plan
+    from .serve import options_from_args, run_server
+
+    options = options_from_args(args)   # checked before the model loads
+    p = plan(RunConfig.from_args(args))
+    print(f"hybridcert serve: http://{options.host}:{options.port} (model {args.model}, "
+          f"targets {p.config.estimation.targets})", flush=True)
+    if args.executor == "ray":
+        from .serve_ray import deploy
+
+        deploy(p, options, replicas=args.replicas, cpus_per_replica=args.cpus_per_worker,
+               gpus_per_replica=args.gpus_per_worker, address=args.ray_address, blocking=True)
+    else:
+        run_server(p, options)
+    return 0
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *groups: type,

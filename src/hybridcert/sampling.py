@@ -4,11 +4,16 @@
 and the ablation baseline (:mod:`hybridcert.baselines`). ``ABSTAIN`` (-1) is
 the label of a sample the model could not classify; abstentions are never
 skipped: they count against the certified label.
+
+A sample on which the model raises is not a label. :func:`count_labels` either
+raises :class:`ModelError` at once (``raise_on_error``) or gives the sample
+``failed_label``; :class:`~hybridcert.smoothing.SmoothedClassifier` chooses
+both from its ``on_model_error`` policy, so that a crashing model never reads
+as "not flagged".
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,9 +21,7 @@ import numpy as np
 
 from .noise import as_numpy
 
-__all__ = ["ABSTAIN", "LabelCounts", "check_labels", "count_labels"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ABSTAIN", "LabelCounts", "ModelError", "check_labels", "count_labels"]
 
 ABSTAIN = -1
 
@@ -33,24 +36,64 @@ class LabelCounts:
     first_error: str | None
 
 
+class ModelError(RuntimeError):
+    """The base classifier raised on samples of an input: no decision is made from them.
+
+    Attributes
+    ----------
+    first_error : str
+        ``"TypeName: message"`` of the first sample that raised (the
+        exception itself is ``__cause__`` when raised at that sample).
+    errors : int
+        Samples on which the model raised.
+    calls : int
+        Samples classified (or attempted) for the input so far.
+    """
+
+    def __init__(self, message: str, *, first_error: str, errors: int, calls: int):
+        super().__init__(message)
+        self.first_error, self.errors, self.calls = first_error, int(errors), int(calls)
+
+    def __reduce__(self):   # keyword arguments survive pickling (Ray workers, processes)
+        return _model_error, (str(self), self.first_error, self.errors, self.calls)
+
+
+def _model_error(message: str, first_error: str, errors: int, calls: int) -> ModelError:
+    return ModelError(message, first_error=first_error, errors=errors, calls=calls)
+
+
 def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_size: int,
-                 num_classes: int) -> LabelCounts:
+                 num_classes: int, failed_label: int = ABSTAIN,
+                 raise_on_error: bool = False) -> LabelCounts:
     """Classify ``size`` noisy samples, ``draw(b) -> (tokens, continuous)`` at a time.
 
     The one sampling loop of the engine and the ablation baseline. Labels are
-    checked by :func:`check_labels`. A sample on which the model raises is an
-    abstention (counted in ``errors``, the first error logged once). A batch
-    that raises is split in halves until the samples that raise on their own
-    are found: a label must not depend on the rest of its batch (one attacked
-    token that crashes the model would otherwise take its batch-mates along).
+    checked by :func:`check_labels`. A batch that raises is split in halves
+    until the samples that raise on their own are found: a label must not
+    depend on the rest of its batch (one attacked token that crashes the model
+    would otherwise take its batch-mates along; a batch too large for the
+    device is served in halves). A sample that raises on its own is counted
+    in ``errors`` and gets ``failed_label`` (``ABSTAIN``: against every
+    label), or, with ``raise_on_error``, raises :class:`ModelError` at once.
+    Nothing is logged here: the caller logs once per input, with the counts.
     """
     counts = np.zeros(num_classes, dtype=np.int64)
     abstained = 0
     raised: list[str] = []
+    done = 0
+
+    def on_failure(err: Exception) -> int:
+        raised.append(f"{type(err).__name__}: {err}")
+        if raise_on_error:
+            raise ModelError(f"the base classifier raised on a sample: {raised[0]}",
+                             first_error=raised[0], errors=1, calls=done + 1) from err
+        return failed_label
+
     for start in range(0, size, batch_size):
         b = min(batch_size, size - start)
         tok_b, cont_b = draw(b)
-        labels = _labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes, raised)
+        done = start
+        labels = _labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes, on_failure)
         valid = labels >= 0
         counts += np.bincount(labels[valid], minlength=num_classes)
         abstained += int((~valid).sum())
@@ -58,23 +101,19 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
 
 
 def _labels_per_sample(base_classifier, tokens, cont, b: int, num_classes: int,
-                       raised: list[str]) -> np.ndarray:
+                       on_failure: Callable[[Exception], int]) -> np.ndarray:
     """The model's labels for a batch, bisecting on exceptions down to single samples."""
     try:
         labels = base_classifier(tokens, cont)
-    except Exception as err:  # any failure of the user's model is an abstention
+    except Exception as err:  # any failure of the user's model; on_failure says what it becomes
         if b == 1:
-            if not raised:
-                logger.warning("the base classifier raised (counted as an abstention): %s: %s",
-                               type(err).__name__, err)
-            raised.append(f"{type(err).__name__}: {err}")
-            return np.full(1, ABSTAIN, dtype=np.int64)
+            return np.full(1, on_failure(err), dtype=np.int64)
         half = b // 2
         return np.concatenate([
             _labels_per_sample(base_classifier, _rows(tokens, 0, half), _rows(cont, 0, half),
-                               half, num_classes, raised),
+                               half, num_classes, on_failure),
             _labels_per_sample(base_classifier, _rows(tokens, half, b), _rows(cont, half, b),
-                               b - half, num_classes, raised)])
+                               b - half, num_classes, on_failure)])
     return check_labels(labels, b, num_classes)
 
 

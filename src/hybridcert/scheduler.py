@@ -50,7 +50,7 @@ import numpy as np
 
 from ._validation import check_int
 from .record import Certificate
-from .sampling import LabelCounts, check_labels, count_labels
+from .sampling import LabelCounts, ModelError, check_labels
 from .smoothing import SmoothedClassifier, _Job, as_spec, engine_batch
 from .spec import EstimationSpec
 from .streams import concat_batches
@@ -62,13 +62,14 @@ __all__ = ["LookScheduler"]
 class _Work:
     """One input in flight: its job, budgets, and where its result goes."""
 
-    job: _Job
+    job: _Job | None   # None until the scheduler thread builds it from ``make``
     index: int
     max_calls: int | None = None
     deadline: float | None = None
     future: concurrent.futures.Future | None = None
     error: BaseException | None = None
     parts: list = field(default_factory=list)   # LabelCounts of the current request's pieces
+    make: Callable[[], _Job] | None = None
 
     @property
     def key(self) -> tuple:
@@ -135,6 +136,7 @@ class LookScheduler:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._state_lock = threading.Lock()   # _closed, _thread and the queue's last put
         self._wake = threading.Event()
 
     # ------------------------------------------------------------------ offline
@@ -198,7 +200,10 @@ class LookScheduler:
                deadline: float | None = None) -> concurrent.futures.Future:
         """Queue one input for the background thread; thread-safe. The future gives its certificate.
 
-        Bad arguments raise here, before any model call. ``max_calls`` bounds
+        Bad budgets raise here. The input itself is checked and prepared
+        (``prepare_continuous``: for instance moved to the model's device) by
+        the scheduler thread, which alone touches the model; a bad input's
+        ``ValueError`` is then the future's, before any model call. ``max_calls`` bounds
         the input's model calls (selection samples included); ``deadline`` is
         a :func:`time.monotonic` time. When either is reached the input stops
         at its last completed look: its open targets are ``"undecided"`` and
@@ -207,37 +212,53 @@ class LookScheduler:
         """
         if self._closed:
             raise RuntimeError("the scheduler is closed")
-        job = self._job(x_discrete, x_continuous, random_state)
         if max_calls is not None:
             max_calls = check_int("max_calls", max_calls, minimum=0)
-            if job.label is None and max_calls < job.n0:
-                raise ValueError(f"max_calls ({max_calls}) must be >= n0 ({job.n0}): the "
+            n0 = self._options["n0"]
+            if self.smoothed.decision != "threshold" and max_calls < n0:
+                raise ValueError(f"max_calls ({max_calls}) must be >= n0 ({n0}): the "
                                  "majority rule selects its label with n0 samples")
         if deadline is not None and not np.isfinite(float(deadline)):
             raise ValueError(f"deadline must be a finite time.monotonic() value, got {deadline!r}")
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put(_Work(job, -1, max_calls, None if deadline is None else float(deadline),
-                              future))
-        self.start()
+        with self._state_lock:   # close() cannot slip between the check and the put
+            if self._closed:
+                raise RuntimeError("the scheduler is closed")
+            self._queue.put(_Work(None, -1, max_calls,
+                                  None if deadline is None else float(deadline), future,
+                                  make=lambda: self._job(x_discrete, x_continuous, random_state)))
+            self._start_locked()
         self._wake.set()
         return future
 
     def start(self) -> LookScheduler:
-        """Start the background thread that serves :meth:`submit` (idempotent)."""
-        if self._thread is None or not self._thread.is_alive():
+        """Start the background thread that serves :meth:`submit` (idempotent; reopens)."""
+        with self._state_lock:
             self._closed = False
+            self._start_locked()
+        return self
+
+    def _start_locked(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._serve, name="hybridcert-looks",
                                             daemon=True)
             self._thread.start()
-        return self
 
     def close(self) -> None:
-        """Finish every submitted input, then stop the background thread."""
-        self._closed = True
+        """Finish every submitted input, then stop the background thread.
+
+        A :meth:`submit` racing with ``close`` either lands before it (and is
+        finished) or raises ``RuntimeError``: no future is left unresolved.
+        """
+        with self._state_lock:
+            self._closed = True
+            thread = self._thread
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        if thread is not None:
+            thread.join()
+        with self._state_lock:
+            if self._thread is thread:
+                self._thread = None
 
     def __enter__(self) -> LookScheduler:
         return self.start()
@@ -253,11 +274,18 @@ class LookScheduler:
                     work = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if work.future.set_running_or_notify_cancel():
-                    active.append(work)
+                if not work.future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    work.job = work.make()
+                except Exception as err:   # a bad input fails alone, before any model call
+                    work.future.set_exception(err)
+                    continue
+                active.append(work)
             if not active:
-                if self._closed and self._queue.empty():
-                    return
+                with self._state_lock:   # no submit can put after this check
+                    if self._closed and self._queue.empty():
+                        return
                 self._wake.wait(0.05)
                 self._wake.clear()
                 continue
@@ -308,8 +336,11 @@ class LookScheduler:
         served = [w for w, *_ in requests if w.error is None]
         for work in served:
             parts, work.parts = work.parts, []
-            work.job.receive(_merge(parts))
-        _Job.advance([w.job for w in served])
+            try:
+                work.job.receive(_merge(parts))
+            except ModelError as err:  # too many failed samples: this input fails, not the round
+                work.error = err
+        _Job.advance([w.job for w in served if w.error is None])
         return [w for w in active if w.error is not None or w.job.request() is None]
 
     def _classify(self, chunk: list[tuple[_Work, int, int, int]]) -> None:
@@ -332,9 +363,11 @@ class LookScheduler:
             piece = model if labels is None else (lambda t, c, a=a, b=b: labels[a:b])
             try:
                 # the one counting loop; a single batch of the piece's size
-                work.parts.append(count_labels(piece, lambda size, d=(tok, cont): d, int(b - a),
-                                               batch_size=int(b - a), num_classes=num_classes))
+                work.parts.append(smoothed._count_labels(piece, lambda size, d=(tok, cont): d,
+                                                         int(b - a), int(b - a)))
             except Exception as err:
+                if isinstance(err, ModelError):  # the input's counts, not only this piece's
+                    err.calls += work.job.calls
                 work.error = err
 
 

@@ -5,9 +5,17 @@ a batch of noisy token sequences (``(B, L)`` int) and noisy continuous inputs
 (``(B, *shape)``), and returning ``B`` integer labels. Numpy arrays go in when
 the user passed numpy arrays; torch tensors on the input's device when the
 user passed torch tensors. A label the model could not produce properly is
-``ABSTAIN`` (-1). The model may return it, and an exception raised by the
-model turns its whole batch into abstentions. Abstentions are never skipped:
+``ABSTAIN`` (-1). The model may return it; abstentions are never skipped:
 they count against the certified label.
+
+A model that raises fails closed (``on_model_error``): by default the call
+raises :class:`~hybridcert.sampling.ModelError` at the first sample on which
+the model raises; with ``on_model_error="flag"`` a failed sample counts as the
+target label under the threshold rule ("flagged") and against every label
+under the majority rule, and the call raises once the share of failed samples
+exceeds ``max_error_rate``. A model error never reads as "not flagged". (A
+batch that raises is served again in halves first: only samples that raise on
+their own are failed samples.)
 
 The base classifier must label each sample on its own: the same sample gets
 the same label (or the same label distribution, for a randomised model)
@@ -82,7 +90,7 @@ from .record import (
     target_thresholds,
     with_radii,
 )
-from .sampling import ABSTAIN, LabelCounts, count_labels
+from .sampling import ABSTAIN, LabelCounts, ModelError, count_labels
 from .spec import AUTO_BATCH, EstimationSpec
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 from .streams import NoiseStream, block_max_for
@@ -92,6 +100,7 @@ __all__ = ["SmoothedClassifier"]
 logger = logging.getLogger(__name__)
 
 MULTICLASS_RULES = ("runner_up", "half")
+ON_MODEL_ERROR = ("raise", "flag")
 # Default target radii of sequential sampling, in units of sigma: the report's grid.
 REPORT_RADII = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 # Noise phases of an example's stream: label selection, then the estimates.
@@ -146,6 +155,22 @@ class SmoothedClassifier:
         Samples are drawn in blocks keyed by (root, phase, block index)
         (:mod:`hybridcert.streams`), so sample ``j`` is the same whatever the
         batch size or where sequential sampling stops.
+    on_model_error : {"raise", "flag"}
+        What a sample on which the base classifier raises becomes (after its
+        batch was served again in halves). ``"raise"`` (default, fail
+        closed): :meth:`predict`, :meth:`estimate` and :meth:`certify` raise
+        :class:`~hybridcert.sampling.ModelError` with the first error at once.
+        ``"flag"``: the sample counts as ``target_label`` under the threshold
+        rule (the input is flagged, never let through) and as an abstention
+        under the majority rule (against every label: it only lowers the
+        bound). The certificate is then about the classifier that treats a
+        model error so, and ``Certificate.errors`` counts those samples.
+    max_error_rate : float in [0, 1]
+        ``"flag"`` only: the largest share of failed samples of an input (over
+        all its samples so far) that is still answered; above it the call
+        raises ``ModelError`` (default 0.05: a guard that fails on more than
+        1 sample in 20 is broken, not noisy). Both are recorded in every
+        certificate's settings (``on_model_error``, ``max_error_rate``).
 
     Examples
     --------
@@ -182,6 +207,8 @@ class SmoothedClassifier:
         batch_size: int = 256,
         random_state=None,
         multiclass_rule: str = "runner_up",
+        on_model_error: str = "raise",
+        max_error_rate: float = 0.05,
     ):
         if not callable(base_classifier):
             raise ValueError("base_classifier must be callable: f(tokens, continuous) -> labels")
@@ -207,6 +234,14 @@ class SmoothedClassifier:
             raise ValueError(f"multiclass_rule must be one of {MULTICLASS_RULES}, "
                              f"got {multiclass_rule!r}")
         self.multiclass_rule = multiclass_rule
+        if on_model_error not in ON_MODEL_ERROR:
+            raise ValueError(f"on_model_error must be one of {ON_MODEL_ERROR}, "
+                             f"got {on_model_error!r}")
+        self.on_model_error = on_model_error
+        rate = float(max_error_rate) if np.ndim(max_error_rate) == 0 else np.nan
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"max_error_rate must be in [0, 1], got {max_error_rate!r}")
+        self.max_error_rate = rate
 
     @property
     def runner_up_rule(self) -> bool:
@@ -228,7 +263,9 @@ class SmoothedClassifier:
         n = check_int("n", n, minimum=1)
         alpha = float(check_open_unit("alpha", alpha))
         inputs = self._inputs(x_discrete, x_continuous)
-        counts = self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n).counts
+        seen = self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n)
+        self._check_errors(seen.errors, n, seen.first_error, log=True)
+        counts = seen.counts
         if self.decision == "threshold":
             k = int(counts[self.target_label])
             if clopper_pearson_lower(k, n, alpha) >= self.tau:
@@ -270,9 +307,9 @@ class SmoothedClassifier:
         if label >= self.num_classes:
             raise ValueError(f"label must be < num_classes ({self.num_classes}), got {label}")
         inputs = self._inputs(x_discrete, x_continuous)
-        return Estimate.from_counts(
-            label, self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n),
-            n, alpha)
+        seen = self._counts(inputs, self._stream(inputs, random_state), _ESTIMATE, 0, n)
+        self._check_errors(seen.errors, n, seen.first_error, log=True)
+        return Estimate.from_counts(label, seen, n, alpha)
 
     def discrete_distance(self, x_discrete, x_attacked) -> int:
         """The discrete budget ``d`` an attacked input uses; a certificate at ``d`` covers it.
@@ -360,7 +397,12 @@ class SmoothedClassifier:
         job = self._job(x_discrete, x_continuous, spec, random_state=random_state)
         batch = engine_batch(spec.batch_size, self.batch_size)
         while (request := job.request()) is not None:
-            job.receive(self._counts(job.inputs, job.stream, *request, batch_size=batch))
+            try:
+                seen = self._counts(job.inputs, job.stream, *request, batch_size=batch)
+            except ModelError as err:  # the input's counts, not only this look's
+                err.calls += job.calls
+                raise
+            job.receive(seen)
             _Job.advance([job])
         return job.certificate()
 
@@ -427,7 +469,8 @@ class SmoothedClassifier:
             "gaussian": None if self.gaussian is None else self.gaussian.describe(),
             "multiclass_rule": "runner_up" if self.runner_up_rule else "half",
             "sampling": spec.resolved_sampling, "stream": None, "level": None, "attack": None,
-            "base_classifier": None,
+            "base_classifier": None, "on_model_error": self.on_model_error,
+            "max_error_rate": self.max_error_rate,
         }
 
     # ------------------------------------------------------------------ internals
@@ -492,9 +535,34 @@ class SmoothedClassifier:
             cursor[0] += b
             return self._finish(inputs, *stream.take(phase, a, a + b))
 
-        return count_labels(self.base_classifier, draw, stop - start,
-                            batch_size=batch_size or self.batch_size,
-                            num_classes=self.num_classes)
+        return self._count_labels(self.base_classifier, draw, stop - start,
+                                 batch_size or self.batch_size)
+
+    def _count_labels(self, model: Callable, draw: Callable, size: int,
+                      batch_size: int) -> LabelCounts:
+        """:func:`~hybridcert.sampling.count_labels` under this classifier's error policy."""
+        # threshold rule: a failed sample is "flagged"; majority: against every label
+        failed = self.target_label if self.decision == "threshold" else ABSTAIN
+        return count_labels(model, draw, size, batch_size=batch_size,
+                            num_classes=self.num_classes, failed_label=failed,
+                            raise_on_error=self.on_model_error == "raise")
+
+    def _check_errors(self, errors: int, calls: int, first_error: str | None, *,
+                      log: bool) -> None:
+        """Raise ``ModelError`` when the share of failed samples exceeds ``max_error_rate``;
+        with ``log``, the input's one log line about its failed samples."""
+        if not errors:
+            return
+        if errors > self.max_error_rate * calls:
+            raise ModelError(f"the base classifier raised on {errors} of {calls} samples "
+                             f"(more than max_error_rate={self.max_error_rate}); first error: "
+                             f"{first_error}", first_error=first_error, errors=errors,
+                             calls=calls)
+        if log:
+            logger.warning("the base classifier raised on %d of %d samples of an input "
+                           "(on_model_error=%r: counted as %s); first error: %s", errors, calls,
+                           self.on_model_error, "flagged" if self.decision == "threshold"
+                           else "abstentions", first_error)
 
 
 class _Job:
@@ -543,6 +611,7 @@ class _Job:
         self.abstained += seen.abstentions
         self.errors += seen.errors
         self.first_error = self.first_error or seen.first_error
+        self.smoothed._check_errors(self.errors, self.calls, self.first_error, log=False)
         if self.label is None:
             label = int(np.argmax(seen.counts))
             self.label = label if self.calls - self.abstained > 0 else ABSTAIN
@@ -569,6 +638,7 @@ class _Job:
 
     def certificate(self) -> Certificate:
         smoothed = self.smoothed
+        smoothed._check_errors(self.errors, self.calls, self.first_error, log=True)
         selected = self.label is not None
         label = self.label if selected else ABSTAIN  # stopped before the label was selected
         settings = self.settings
