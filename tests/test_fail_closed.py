@@ -53,9 +53,9 @@ def test_a_model_that_always_raises_is_an_error_never_not_flagged():
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(ModelError):
         guard.estimate(TOKENS, DARK, n=100)
-    for sampling in ("fixed", "sequential"):
+    for options in (dict(n=100), dict(targets=[(0, 0.0)])):   # fixed, then sequential
         with pytest.raises(ModelError):
-            guard.certify(TOKENS, DARK, n=100, sampling=sampling, targets=[(0, 0.0)])
+            guard.certify(TOKENS, DARK, **options)
     # the working model says "not flagged" on this input: the broken one never does
     assert smoothed(dark_is_safe).predict(TOKENS, DARK, n=100) == 0
 

@@ -214,7 +214,7 @@ class LookScheduler:
             raise RuntimeError("the scheduler is closed")
         if max_calls is not None:
             max_calls = check_int("max_calls", max_calls, minimum=0)
-            n0 = self._options["n0"]
+            n0 = self.spec.n0
             if self.smoothed.decision != "threshold" and max_calls < n0:
                 raise ValueError(f"max_calls ({max_calls}) must be >= n0 ({n0}): the "
                                  "majority rule selects its label with n0 samples")

@@ -194,12 +194,12 @@ class _Service:
 
         self.plan, self.options = plan, options
         self.smoothed = plan.builder() if smoothed is None else smoothed
-        e = plan.config.estimation
-        self.alpha, self.d_max, self.n_max = e.alpha, e.d_max, e.n_max
+        e = plan.config.estimation   # the run's spec; a service answers by sequential sampling
+        self.spec = e if e.resolved_sampling == "sequential" else e.replace(sampling="sequential")
+        self.alpha, self.d_max, self.n_max = e.alpha, e.d_max, self.spec.resolved_n_max
         self.targets = None if e.targets is None else [tuple(t) for t in e.targets]
-        self.scheduler = LookScheduler(
-            self.smoothed, alpha=e.alpha, d_max=e.d_max, n_max=e.n_max, targets=self.targets,
-            n0=e.n0, window=None if options.batching else 1).start()
+        self.scheduler = LookScheduler(self.smoothed, self.spec,
+                                       window=None if options.batching else 1).start()
         split = plan.task.split
         self.example_discrete = split.x_discrete[0] if len(split) else None
         self.example_continuous = split.x_continuous[0] if len(split) else None
@@ -207,9 +207,7 @@ class _Service:
         self.guard = self.smoothed.base_classifier if hasattr(
             self.smoothed.base_classifier, "encode_text") else None
         self.settings = {"run": plan.settings(),
-                         "engine": self.smoothed.settings_for(alpha=e.alpha, d_max=e.d_max,
-                                                              protocol="shared",
-                                                              sampling="sequential"),
+                         "engine": self.smoothed.settings_for(self.spec),
                          "limits": {"max_calls": options.max_calls,
                                     "timeout": options.timeout}}
         self.settings_sha256 = settings_sha256(self.settings)
