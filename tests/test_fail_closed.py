@@ -180,3 +180,32 @@ def test_a_model_error_survives_pickling():
     back = pickle.loads(pickle.dumps(err))
     assert (str(back), back.first_error, back.errors, back.calls) == (str(err), "RuntimeError: x",
                                                                       3, 9)
+
+
+def test_the_run_layer_and_the_command_line_set_the_policy(tmp_path, capsys):
+    """--on-model-error and --max-error-rate reach the smoothed classifier and run.json; a bound
+    under the raise policy (which never reads it) or outside [0, 1] is refused, nothing written."""
+    from hybridcert.cli import build_parser, main
+    from hybridcert.config import ModelConfig, RunConfig
+    from hybridcert.run import plan
+
+    args = build_parser().parse_args(["certify", "--on-model-error", "flag",
+                                      "--max-error-rate", "0.2"])
+    config = RunConfig.from_args(args)
+    assert (config.model.on_model_error, config.model.max_error_rate) == ("flag", 0.2)
+    default = plan(RunConfig(out=str(tmp_path / "a")))
+    assert default.settings()["on_model_error"] == "raise"
+    flagged = plan(RunConfig(model=ModelConfig(on_model_error="flag", max_error_rate=0.2)))
+    assert flagged.settings()["on_model_error"] == "flag"
+    assert flagged.settings()["max_error_rate"] == 0.2
+    smooth = flagged.builder.smoothed(always_raises)
+    assert (smooth.on_model_error, smooth.max_error_rate) == ("flag", 0.2)
+    for argv, expected in ((["--max-error-rate", "0.2"], "no value with --on-model-error raise"),
+                           (["--on-model-error", "flag", "--max-error-rate", "1.5"],
+                            "a share in [0, 1]"),
+                           (["--on-model-error", "ignore"], "invalid choice")):
+        out = tmp_path / "refused"
+        with pytest.raises(SystemExit) as stop:
+            main(["certify", "--out", str(out), *argv])
+        assert stop.value.code == 2 and expected in capsys.readouterr().err
+        assert not out.exists()

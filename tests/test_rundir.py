@@ -343,7 +343,8 @@ def test_the_public_names():
         "AbsorbingMask", "CategoricalSubstitution", "L0Anywhere", "InPlaceSuffix", "AppendOnly",
         "GaussianNoise", "AppendInput", "DecisionRule", "certify_dataset", "load_run",
         "certified_radius", "certified_frontier", "categorical_frontier", "gaussian_radius",
-        "multiclass_radius", "clopper_pearson_lower", "clopper_pearson_upper", "ABSTAIN"}
+        "multiclass_radius", "clopper_pearson_lower", "clopper_pearson_upper", "ABSTAIN",
+        "EstimationSpec", "ModelError"}
     assert expected <= set(hc.__all__)
     assert not {"product_atoms", "field_choices"} & set(hc.__all__)
     assert all(hasattr(hc, name) for name in hc.__all__)

@@ -50,6 +50,7 @@ from .rundir import load_run
 from .runner import certify_dataset
 from .sampling import ABSTAIN, ModelError
 from .smoothing import SmoothedClassifier
+from .spec import EstimationSpec
 from .stats import clopper_pearson_lower, clopper_pearson_upper
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "Certificate",
     "DecisionRule",
     "Estimate",
+    "EstimationSpec",
     "Frontier",
     "GaussianNoise",
     "InPlaceSuffix",

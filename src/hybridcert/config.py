@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ._validation import ParameterError
+from .sampling import MAX_ERROR_RATE, ON_MODEL_ERROR
 from .spec import AUTO_BATCH, PROTOCOLS, SAMPLINGS, EstimationSpec  # noqa: F401 (re-exported)
 
 __all__ = ["ConfigError", "DataConfig", "DecisionConfig", "EstimationConfig", "ExecutorConfig",
@@ -149,6 +150,14 @@ class ModelConfig:
         "choices": DTYPES, "help": "precision of an hf: guard (auto: bfloat16 on CUDA, else "
         "float32)"})
     cache_dir: str | None = field(default=None, metadata={"help": "where demo models are cached"})
+    on_model_error: str = field(default=ON_MODEL_ERROR[0], metadata={
+        "choices": ON_MODEL_ERROR,
+        "help": "a model call that raises: raise (default: the example fails, never reads as "
+        "safe) or flag (the sample counts as flagged under the threshold rule, as an "
+        "abstention under the majority rule)"})
+    max_error_rate: float = field(default=MAX_ERROR_RATE, metadata={
+        "help": f"share of an example's samples that may fail under --on-model-error flag "
+                f"before the example fails ({MAX_ERROR_RATE})"})
 
 
 @dataclass(frozen=True)
@@ -298,6 +307,14 @@ class RunConfig:
         _choice("--hf-rule", m.hf_rule, HF_RULES)
         _choice("--hf-task", m.hf_task, HF_TASKS)
         _choice("--dtype", m.dtype, DTYPES)
+        _choice("--on-model-error", m.on_model_error, ON_MODEL_ERROR)
+        if isinstance(m.max_error_rate, bool) or not isinstance(m.max_error_rate, int | float) \
+                or not 0 <= m.max_error_rate <= 1:   # NaN fails the comparison too
+            raise ConfigError("--max-error-rate", "a share in [0, 1]", m.max_error_rate)
+        if m.on_model_error == "raise" and m.max_error_rate != MAX_ERROR_RATE:
+            raise ConfigError("--max-error-rate", "no value with --on-model-error raise (the "
+                              "first failed sample fails the example; read by "
+                              "--on-model-error flag)", m.max_error_rate)
         _choice("--kernel", z.kernel, KERNELS)
         _choice("--threat", z.threat, THREATS)
         _choice("--baseline", z.baseline, BASELINES)

@@ -134,6 +134,8 @@ class SmoothedBuilder:
             batch_size=engine_batch(spec.batch_size, AUTO_BATCH),
             # sequential sampling certifies from one lower bound: lower(A) > 1/2 with > 2 classes
             multiclass_rule="half" if spec.resolved_sampling == "sequential" else "runner_up",
+            on_model_error=self.config.model.on_model_error,
+            max_error_rate=self.config.model.max_error_rate,
         )
 
     def classifier_settings(self) -> dict:

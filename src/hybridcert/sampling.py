@@ -21,7 +21,13 @@ import numpy as np
 
 from .noise import as_numpy
 
-__all__ = ["ABSTAIN", "LabelCounts", "ModelError", "check_labels", "count_labels"]
+__all__ = ["ABSTAIN", "MAX_ERROR_RATE", "ON_MODEL_ERROR", "LabelCounts", "ModelError", "check_labels",
+           "count_labels"]
+
+# The error policies of the engine (SmoothedClassifier(on_model_error=...)), the default first,
+# and the default bound on an input's share of failed samples above which the answer is an error.
+ON_MODEL_ERROR = ("raise", "flag")
+MAX_ERROR_RATE = 0.05
 
 ABSTAIN = -1
 

@@ -90,7 +90,7 @@ from .record import (
     target_thresholds,
     with_radii,
 )
-from .sampling import ABSTAIN, LabelCounts, ModelError, count_labels
+from .sampling import ABSTAIN, MAX_ERROR_RATE, ON_MODEL_ERROR, LabelCounts, ModelError, count_labels
 from .spec import AUTO_BATCH, EstimationSpec
 from .stats import clopper_pearson_lower, clopper_pearson_upper, split_alpha
 from .streams import NoiseStream, block_max_for
@@ -100,7 +100,6 @@ __all__ = ["SmoothedClassifier"]
 logger = logging.getLogger(__name__)
 
 MULTICLASS_RULES = ("runner_up", "half")
-ON_MODEL_ERROR = ("raise", "flag")
 # Default target radii of sequential sampling, in units of sigma: the report's grid.
 REPORT_RADII = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 # Noise phases of an example's stream: label selection, then the estimates.
@@ -207,8 +206,8 @@ class SmoothedClassifier:
         batch_size: int = 256,
         random_state=None,
         multiclass_rule: str = "runner_up",
-        on_model_error: str = "raise",
-        max_error_rate: float = 0.05,
+        on_model_error: str = ON_MODEL_ERROR[0],
+        max_error_rate: float = MAX_ERROR_RATE,
     ):
         if not callable(base_classifier):
             raise ValueError("base_classifier must be callable: f(tokens, continuous) -> labels")
