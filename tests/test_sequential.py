@@ -221,5 +221,22 @@ def test_thresholds_match_a_full_bisection_and_never_undercut_it(thresholds):
             good = worst(ndtr(mid)) > 0.05
             hi, lo = np.where(good, mid, hi), np.where(good, lo, mid)
         assert np.all(thresholds[d] >= ndtr(hi) - 1e-15)
-        np.testing.assert_allclose(thresholds[d], ndtr(hi), rtol=1e-11)
+        np.testing.assert_allclose(thresholds[d], ndtr(hi), rtol=2e-12)
         assert np.all(worst(thresholds[d]) > 0.05)
+
+
+def test_a_threshold_on_a_kink_is_certified_by_the_frontier_too():
+    """Found by review: p* on an atom's mass (1 - 1/98 for beta 0.5, V = 50), where V exceeds
+    tau by rounding noise alone at the bracket's end; the margin makes the frontier at p* agree."""
+    for sigma, beta, vocab, tau in ((1.0, 0.5, 50, 0.5), (0.25, 0.5, 50, 0.5), (1.0, 0.9, 2, 0.1)):
+        def atoms(d, beta=beta, vocab=vocab):
+            return [hc.uniform_atoms(d, beta=beta, vocab_size=vocab)]
+
+        radii = np.array([0.0, 0.1, 0.5])
+        p = certification_thresholds(radii, d_max=2, sigma=sigma, tau=tau, atoms=atoms)
+        for d in range(3):
+            for j, r in enumerate(radii):
+                if np.isfinite(p[d, j]) and p[d, j] < 1:
+                    front = hc.certified_frontier(p[d, j], sigma=sigma, tau=tau, atoms=atoms,
+                                                  d_max=d)
+                    assert front.largest_budget == d and front.radii[d] >= r, (sigma, beta, d, r)

@@ -200,6 +200,9 @@ class UnionClopperPearson:
 # --------------------------------------------------------------------------- thresholds
 
 
+_THRESHOLD_MARGIN = 1e-12   # relative, the margin of stats.clopper_pearson_lower
+
+
 def certification_thresholds(
     radii,
     *,
@@ -218,8 +221,11 @@ def certification_thresholds(
     space on :func:`~hybridcert.worst_case_probability` (a proved lower bound
     of ``V``), by a bracketing search (regula falsi with the Illinois step,
     a few evaluations instead of 64 bisections), and the upper end of the
-    final bracket is returned: ``V(p*)`` provably exceeds ``tau`` (rounding
-    up, the safe side).
+    final bracket is returned, raised by ``1e-12`` relative: ``V(p*)``
+    provably exceeds ``tau`` (rounding up, the safe side), and not by a
+    rounding error of ``V`` where ``p*`` sits on a kink (an atom's mass),
+    so :func:`~hybridcert.certified_frontier` at ``p*`` certifies ``(d, r)``
+    too.
 
     Parameters
     ----------
@@ -271,7 +277,12 @@ def certification_thresholds(
                 return np.clip(ndtri(v) - ndtri(tau), -40.0, 40.0), v > tau
 
         hi = _bracket_root(excess, lo, hi, iterations)
+        # Rounded up by the Clopper-Pearson bound's own margin (stats._WIDEN): at a kink of V
+        # (p* on an atom's mass) V exceeds tau by rounding noise alone, and the threshold must
+        # not rest on its sign. Kept where the bump would reach 1.
         p_star = ndtr(hi)
+        bumped = p_star * (1 + _THRESHOLD_MARGIN)
+        p_star = np.where(bumped < 1.0, bumped, p_star)
         proved = worst(p_star) > tau
         p_star = np.where(proved, p_star, np.where(ok_at_one, 1.0, np.inf))
         out[d, usable] = np.where(ok_at_one, p_star, np.inf)
