@@ -210,8 +210,9 @@ def golden_rows() -> dict:
 def test_rows_are_bit_identical_to_those_before_the_spec():
     """Every field equal, but the thresholds p*(d, r) that sequential rows record: found by a
     bracketing search since (sequential.certification_thresholds), never below the recorded
-    bisection's and within 2e-12 of them (a 1e-12 relative margin); no decision, bound or count moved. The settings
-    gained the model-error policy since (``on_model_error``, ``max_error_rate``)."""
+    bisection's and within 2e-12 of them (a 1e-12 relative margin); no decision, bound or
+    count moved. The settings gained the model-error policy since (``on_model_error``,
+    ``max_error_rate``)."""
     recorded = json.loads(GOLDEN.read_text())
     now = json.loads(json.dumps(golden_rows()))
     for run, rows in now.items():
