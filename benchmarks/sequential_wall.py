@@ -1,6 +1,6 @@
 """Wall time and model calls: fixed n vs sequential one at a time vs sequential batched (issue 22).
 
-    python benchmarks/sequential_wall.py [--no-hf] [--quick]
+    python benchmarks/sequential_wall.py [--no-hf] [--quick] [--repeat 5]
 
 One question, target (d = 1, r = 0.5), threshold rule, alpha = 0.001, in one
 process with one thread, the arms side by side on the same inputs:
@@ -19,7 +19,10 @@ random images),
 the latency floor of a GPU guard, labelling by image brightness; 16 inputs
 from easy to hard, batch 1024).
 
-Columns: wall seconds, noisy samples (model calls of the engine), forward
+Columns: wall seconds (fixed: one run of 10-20 s; a sequential arm lasts about
+a second and varies by 10-20% from run to run on a shared machine, so it runs
+``--repeat`` times, every run giving the same certificates, and the median is
+reported with the range), noisy samples (model calls of the engine), forward
 passes of the base classifier, certified share, fixed/arm ratios of wall
 time and samples, and whether the batched certificates equal the
 one-at-a-time ones (``Certificate.to_dict()``, every field).
@@ -41,6 +44,7 @@ from hybridcert.scheduler import LookScheduler
 from hybridcert.smoothing import SmoothedClassifier
 
 ALPHA, N_FIXED, N_MAX, TARGET = 0.001, 10_000, 100_000, (1, 0.5)
+THREADS = 1
 
 
 class Counted:
@@ -68,7 +72,7 @@ def setups(quick: bool, hf: bool):
     from hybridcert.noise import UniformSubstitution
     from hybridcert.run import plan, set_threads
 
-    set_threads(1)
+    set_threads(THREADS)
     run = plan(RunConfig())
     smoothed, split = run.builder(), run.split
     unsafe = [i for i in range(len(split)) if int(split.y[i]) == smoothed.target_label]
@@ -105,7 +109,18 @@ def llava(quick: bool):
     return smoothed, inputs
 
 
-def arm(name, smoothed, inputs, kind):
+def arm(name, smoothed, inputs, kind, repeat: int):
+    """The arm's certificates and counts; ``wall`` is the median over ``repeat`` runs (the
+    certificates of every run must be equal: each input's noise is its own stream)."""
+    runs = [one_run(smoothed, inputs, kind) for _ in range(repeat)]
+    first = runs[0]
+    assert all([c.to_dict() for c in r["certs"]] == [c.to_dict() for c in first["certs"]]
+               for r in runs[1:]), f"{name} {kind}: certificates differ between runs"
+    return {**first, "wall": float(np.median([r["wall"] for r in runs])),
+            "walls": [r["wall"] for r in runs]}
+
+
+def one_run(smoothed, inputs, kind):
     counted = Counted(smoothed.base_classifier)
     smoothed.base_classifier = counted
     try:
@@ -134,14 +149,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-hf", action="store_true", help="skip the tiny LLaVA guard")
     parser.add_argument("--quick", action="store_true", help="fewer inputs")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="runs of each sequential arm, the median reported (5)")
     args = parser.parse_args()
     header = (f"{'model':<12}{'inputs':>7}{'arm':>13}{'wall s':>9}{'samples':>10}"
               f"{'passes':>8}{'cert share':>11}{'wall x':>8}{'samples x':>10}{'same certs':>11}")
-    print(f"target (d, r) = {TARGET}, alpha = {ALPHA}, fixed n = {N_FIXED}, n_max = {N_MAX}")
+    print(f"target (d, r) = {TARGET}, alpha = {ALPHA}, fixed n = {N_FIXED}, n_max = {N_MAX}; "
+          f"wall s: fixed one run, sequential the median of {args.repeat} (min-max in brackets)")
     print(header)
     print("-" * len(header))
     for name, smoothed, inputs in setups(args.quick, not args.no_hf):
-        rows = {kind: arm(name, smoothed, inputs, kind)
+        rows = {kind: arm(name, smoothed, inputs, kind, 1 if kind == "fixed" else args.repeat)
                 for kind in ("fixed", "seq 1-by-1", "seq batched")}
         same = [a.to_dict() == b.to_dict() for a, b in zip(rows["seq 1-by-1"]["certs"],
                                                             rows["seq batched"]["certs"])]
@@ -150,7 +168,12 @@ def main() -> None:
                   f"{r['passes']:>8}{r['share']:>11.3f}"
                   f"{rows['fixed']['wall'] / r['wall']:>8.1f}"
                   f"{rows['fixed']['samples'] / r['samples']:>10.1f}"
-                  f"{(str(all(same)) if kind == 'seq batched' else ''):>11}", flush=True)
+                  f"{(str(all(same)) if kind == 'seq batched' else ''):>11}"
+                  f"{spread(r['walls'])}", flush=True)
+
+
+def spread(walls: list[float]) -> str:
+    return "" if len(walls) == 1 else f"  [{min(walls):.2f}-{max(walls):.2f}]"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
-from hybridcert.datasets import load_adult, load_dataset
+from hybridcert.datasets import load_adult, load_dataset, mm_interaction
 from hybridcert.datasets.mm_interaction import RISKY_ADVERBS, RISKY_VERBS, VOCAB
 
 
@@ -18,6 +18,20 @@ def test_mm_interaction_is_deterministic_and_shaped():
     assert a.train.x_continuous.min() >= 0 and a.train.x_continuous.max() <= 1
     assert a.vocab_size == len(VOCAB)
     assert "Label balance" in a.summary() and "XOR" in a.card
+
+
+def test_digits_read_from_the_file_equal_load_digits(monkeypatch):
+    """The file read without importing scikit-learn gives load_digits' numbers, as does the
+    fallback through load_digits where the file is not found."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    for _ in range(2):
+        images, digit = mm_interaction.digits()
+        assert images.dtype == bunch.images.dtype and digit.dtype == bunch.target.dtype
+        np.testing.assert_array_equal(images, bunch.images)
+        np.testing.assert_array_equal(digit, bunch.target)
+        monkeypatch.setattr(mm_interaction.importlib.util, "find_spec", lambda name: None)
 
 
 def test_mm_interaction_label_is_intent_xor_parity():

@@ -40,6 +40,35 @@ def test_restricted_alphabet_and_outside_symbol():
     assert chisquare(counts, np.array([0.5, 0.125, 0.125, 0.125, 0.125]) * len(z)).pvalue > LEVEL
 
 
+@pytest.mark.parametrize("kernel, tokens", [
+    (UniformSubstitution(beta=0.4, vocab_size=7), np.array([0, 6, 3, 3])),
+    (UniformSubstitution(beta=0.4, alphabet=[10, 20, 30]), np.array([20, 99, 10, 5])),
+    (AbsorbingMask(beta=0.4, mask_id=-1), np.array([1, 2, 3, 4])),
+])
+def test_a_bound_sampler_draws_what_sample_draws(kernel, tokens):
+    """The engine draws through ``sampler(tokens, noised)`` once per input; a block of it is the
+    block ``sample`` gives from the same generator state, sample for sample."""
+    noised = np.array([True, True, False, True])
+    draw = kernel.sampler(tokens, noised)
+    for n, seed in ((1, 0), (4, 1), (257, 2)):
+        np.testing.assert_array_equal(draw(n, np.random.default_rng(seed)),
+                                      kernel.sample(tokens, noised, n, np.random.default_rng(seed)))
+
+
+def test_uniform_substitution_stream_is_the_elementwise_bound_draw():
+    """The kernel draws with a scalar bound where every token is inside the alphabet; that is
+    the stream of the elementwise bound ``V - inside`` (the streams recorded as counter-v1)."""
+    kernel = UniformSubstitution(beta=0.3, vocab_size=9)
+    tokens, noised = np.array([4, 0, 8, 2, 2]), np.ones(5, dtype=bool)
+    for n, seed in ((3, 5), (64, 6)):
+        rng = np.random.Generator(np.random.Philox(seed))
+        pick = rng.integers(0, np.full(5, 8), size=(n, 5))
+        pick = pick + (pick >= tokens)
+        expected = np.where(rng.random((n, 5)) < 0.3, pick, tokens)
+        got = kernel.sample(tokens, noised, n, np.random.Generator(np.random.Philox(seed)))
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_only_noised_positions_change():
     kernel = UniformSubstitution(beta=1.0, vocab_size=5)
     tokens = np.array([0, 1, 2, 3, 4])

@@ -224,6 +224,25 @@ def test_tau_tradeoff_is_recompute_of_the_rows(threshold_run):
     assert [f"{v:.1%}" for v in ff] == column
 
 
+@pytest.mark.parametrize("protocol", ["shared", "per_budget"])
+def test_first_budgets_recompute_as_the_whole_certificate(tmp_path, protocol):
+    """The trade-off recomputes budgets d <= 1 only: the same label, radii and largest budget
+    there as the whole certificate, at other taus too, under both protocols."""
+    out = tmp_path / protocol
+    assert main(["certify", "--n", "300", "--limit", "12", "--protocol", protocol, "--out",
+                 str(out), "--no-progress", "--no-report"]) == 0
+    settings, rows = load_run(out)
+    assert any(r["largest_budget"] >= 1 for r in rows)
+    for row in rows:
+        cert = report.row_certificate(row, settings)
+        for tau in (0.01, settings["tau"], 0.3):
+            whole = hc.recompute(cert, tau=tau)
+            for top in (0, 1, 3):
+                part = hc.recompute(report.first_budgets(cert, top), tau=tau)
+                assert part.label == whole.label and part.radii == whole.radii[:top + 1]
+                assert part.largest_budget == min(whole.largest_budget, top)
+
+
 def test_report_cli_and_errors(tabular_run, tmp_path, capsys):
     run, _ = tabular_run
     (run / "report.md").unlink()

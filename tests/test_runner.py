@@ -56,6 +56,40 @@ def test_rows_are_written_and_pandas_reads_them(setup, tmp_path):
     assert json.loads((out / "run.json").read_text())["seed"] == 7
 
 
+def test_shared_clock_splits_each_interval_among_the_examples_in_flight(monkeypatch):
+    """Shares sum to the elapsed time; time before the first entry goes to the first example."""
+    from hybridcert import runner
+
+    now = [0.0]
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: now[0])
+    clock = runner.SharedClock()
+    now[0] = 0.5
+    a = clock.enter()          # a: 0.5 unclaimed, then alone until 1.5
+    now[0] = 1.5
+    b = clock.enter()          # a and b share 1.5 .. 3.5
+    now[0] = 3.5
+    share_a = clock.leave(a)
+    now[0] = 4.0               # b alone
+    share_b = clock.leave(b)
+    assert share_a == pytest.approx(0.5 + 1.0 + 1.0, abs=1e-12)
+    assert share_b == pytest.approx(1.0 + 0.5, abs=1e-12)
+    assert share_a + share_b == pytest.approx(4.0, abs=1e-12)
+
+
+def test_sequential_rows_seconds_sum_to_at_most_the_wall_time(setup, tmp_path):
+    """Batched examples overlap; their rows' seconds are shares, not overlapping spans."""
+    data, smooth, settings = setup
+    spec = EstimationSpec(alpha=0.01, d_max=1, seed=7, sampling="sequential", n_max=4000,
+                          targets=((1, 0.25),))
+    start = time.perf_counter()
+    out = certify_split(smooth, data.test, tmp_path / "seq", {**settings, "limit": 12}, spec,
+                        limit=12, progress=False)
+    wall = time.perf_counter() - start
+    seconds = [row["seconds"] for row in read_results(out / "results.jsonl").values()]
+    assert len(seconds) == 12 and min(seconds) > 0
+    assert sum(seconds) <= wall   # 12 examples in flight at once: their spans would sum to ~12x
+
+
 def test_resume_after_interruption_equals_an_uninterrupted_run(setup, tmp_path):
     whole = run(setup, tmp_path / "whole", limit=8)
     part = run(setup, tmp_path / "part", limit=3)

@@ -204,6 +204,15 @@ class DiscreteKernel(ABC):
                rng: np.random.Generator) -> np.ndarray:
         """``n`` noisy copies of ``tokens`` (shape ``(n, L)``); only ``noised`` positions change."""
 
+    def sampler(self, tokens: np.ndarray,
+                noised: np.ndarray) -> Callable[[int, np.random.Generator], np.ndarray]:
+        """:meth:`sample` bound to one input: ``draw(n, rng)`` equals ``sample(tokens, noised, n, rng)``.
+
+        The engine draws an input's noise in many blocks; a kernel overrides
+        this to do its per-input work (checks, lookups) once.
+        """
+        return lambda n, rng: self.sample(tokens, noised, n, rng)
+
     @abstractmethod
     def attack_spec(self, tokens: np.ndarray, attackable: np.ndarray) -> dict:
         """What the certificate needs to know about this kernel at ``tokens`` (JSON-able).
@@ -294,20 +303,32 @@ class UniformSubstitution(DiscreteKernel):
                              f"{written[self._index(written) < 0].tolist()}")
 
     def sample(self, tokens, noised, n, rng):
-        out = np.repeat(tokens[None, :], n, axis=0)
+        return self.sampler(tokens, noised)(n, rng)
+
+    def sampler(self, tokens, noised):
         cols = np.flatnonzero(noised)
-        if not cols.size:
-            return out
-        self._check_vocabulary(tokens[cols])
-        idx = self._index(tokens[cols])
+        clean = tokens[cols]
+        if cols.size:
+            self._check_vocabulary(clean)
+        idx = self._index(clean)
         inside = idx >= 0
         # Uniform over the alphabet minus the current symbol: draw from V - 1 and skip it.
-        draw = rng.integers(0, self.vocab_size - inside, size=(n, cols.size))
-        draw = draw + (inside & (draw >= idx))
-        replacement = draw if self._sorted is None else self._sorted[draw]
-        change = rng.random((n, cols.size)) < self.beta
-        out[:, cols] = np.where(change, replacement, out[:, cols])
-        return out
+        # A scalar bound where all are equal draws the same numbers as the array (numpy takes one
+        # bounded draw an element from the same stream either way) in half the time.
+        high = self.vocab_size - 1 if inside.all() else self.vocab_size - inside
+
+        def draw(n, rng):
+            out = np.repeat(tokens[None, :], n, axis=0)
+            if not cols.size:
+                return out
+            pick = rng.integers(0, high, size=(n, cols.size))
+            pick += inside & (pick >= idx)
+            replacement = pick if self._sorted is None else self._sorted[pick]
+            change = rng.random((n, cols.size)) < self.beta
+            out[:, cols] = np.where(change, replacement, clean)
+            return out
+
+        return draw
 
     def attack_spec(self, tokens, attackable):
         self._check_vocabulary(tokens[attackable])

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -200,7 +201,7 @@ def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
     @cache
     def again(key, tau):  # rows with equal counts and settings share one recomputation
         row = json.loads(key)
-        cert = recompute(row_certificate(row, settings), tau=tau)
+        cert = recompute(first_budgets(row_certificate(row, settings), d_top), tau=tau)
         return cert.label, cert.largest_budget, cert.radii
 
     def recomputed(pool, tau):
@@ -220,6 +221,23 @@ def tau_tradeoff(rows: list[dict], settings: dict, taus, points) -> dict:
         detection.append([share[d, radii.index(r)] for d, r in points])
     return {"tau": taus, "false_flags": np.asarray(false_flags, dtype=float),
             "detection": np.asarray(detection, dtype=float).reshape(len(taus), len(points))}
+
+
+def first_budgets(cert: Certificate, top: int) -> Certificate:
+    """The certificate restricted to budgets ``d <= top``, to recompute only those.
+
+    The radius at ``d`` depends on the bound of ``d`` and on the budgets below,
+    never above, and the recorded level is kept, so the radii at ``d <= top``
+    and the label are those of the whole certificate (``tests/test_report.py``
+    compares them). The trade-off reads budgets 0 and 1 of up to 9.
+    """
+    s = cert.settings
+    if s["d_max"] <= top:
+        return cert
+    keep = 1 if len(cert.count) == 1 else top + 1   # one shared estimate, or one per budget
+    return replace(cert, count=cert.count[:keep], n=cert.n[:keep],
+                   runner_up=cert.runner_up[:keep], radii=cert.radii[:top + 1],
+                   settings={**s, "d_max": top, "attack": s["attack"][:keep]})
 
 
 def _count_key(row: dict) -> str:
@@ -286,6 +304,11 @@ def _settings_line(s: dict) -> str:
             "d_max", "threat", "protocol", "seed"]
     if is_threshold(s):
         keys.remove("n0")  # the threshold rule fixes the label: no selection samples are drawn
+    if s.get("sampling") == "sequential":  # n is not what it drew: it stopped by itself
+        at = keys.index("n")
+        keys[at:at + 1] = ["sampling", "targets", "n_max"]
+        if s.get("targets"):
+            s["targets"] = ", ".join(f"({d}, {r:g})" for d, r in s["targets"])
     line = "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
     den = (s.get("gaussian") or {}).get("denoiser")
     if isinstance(den, dict):  # denoised smoothing: what post-processed each noisy image
@@ -326,6 +349,14 @@ def cost_lines(rows: list[dict], settings: dict) -> list[str]:
         if is_threshold(settings):
             split += " (the threshold rule's label is fixed, so no selection samples)"
     return [f"- model calls per example: {calls.mean():,.0f}{split}; total {calls.sum():,}"]
+
+
+def wall_line(rows: list[dict]) -> str:
+    """The wall time these rows took: the sum of their ``seconds``, each an example's share."""
+    seconds = np.array([r["seconds"] for r in rows])
+    return (f"- wall time certifying: {seconds.sum():.1f} s, {seconds.mean():.4f} s per example "
+            "(a row's `seconds` is its share; examples batched together split the time; model "
+            "loading and this report not included; depends on the machine and its load)")
 
 
 # ---------------------------------------------------------------------------- the report
@@ -425,13 +456,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
               + "; -1: " + ("not flagged" if threshold else "no correct certified label")
               + ". The right panel of `frontier.png` draws these counts.", ""]
     lines += _table(["largest d", "examples"], [[str(d), str(k)] for d, k in counts.items()])
-    seconds = np.array([r["seconds"] for r in rows])
     lines += ["", "## Cost", "", *cost_lines(rows, settings),
         f"- examples whose certification failed (left out above): {failed}",
         f"- noisy samples the base model abstained on: {sum(r['abstentions'] for r in rows)}, "
         f"of which lost to exceptions: {sum(r['errors'] for r in rows)}",
-        f"- seconds per example: {seconds.mean():.3f} (total {seconds.sum():.1f} s; depends on "
-        "the machine and its load)",
+        wall_line(rows),
         "", "## Figures", ""]
     _plot_shares(run_dir / FIGURES[0], rows, settings, d_top)
     _plot_frontier(run_dir / FIGURES[1], rows, settings, d_top)
@@ -508,8 +537,7 @@ def _write_target_report(run_dir: Path, lines: list[str], rows, settings, failed
               f"{calls.mean():,.0f}, max {calls.max():,}; total {calls.sum():,} for {len(rows)} "
               "examples",
               f"- examples whose certification failed (left out above): {failed}",
-              f"- seconds: {sum(r['seconds'] for r in rows):.1f} summed over examples (examples "
-              "batched together overlap; depends on the machine and its load)", "",
+              wall_line(rows), "",
               f"`{CALLS_FIGURE}`: model calls per example.", "",
               f"![model calls per example]({CALLS_FIGURE})", ""]
     plot_calls_histogram(run_dir / CALLS_FIGURE, rows)

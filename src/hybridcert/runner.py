@@ -142,29 +142,68 @@ def certify_scheduled(smoothed: SmoothedClassifier, examples: Sequence[tuple],
     of examples share model batches; each example keeps its own noise stream
     (``example_seed(spec.seed, index)``), so its certificate is the one
     :func:`run_one` gives, and its row goes to ``written`` as soon as it
-    finishes (resume stays exact). A row's ``seconds`` runs from the
-    example's entry into the window to its last look. Used by the local
+    finishes (resume stays exact). A row's ``seconds`` is the example's share
+    of the wall time (:class:`SharedClock`), so the column sums to the time
+    spent, as it does for examples certified one at a time. Used by the local
     executor and by every Ray actor. Returns the indices whose certification
     raised, for the caller's one-at-a-time retries.
     """
     from .scheduler import LookScheduler
 
+    clock = SharedClock()
     scheduler = LookScheduler(smoothed, spec)
-    started: dict[int, float] = {}
+    entered: dict[int, float] = {}
 
     def inputs():
         for k, (index, _, _, x_d, x_c) in enumerate(examples):
-            started[k] = time.perf_counter()
+            entered[k] = clock.enter()
             yield x_d, x_c, example_seed(spec.seed, index)
 
     failed = []
     for k, cert in scheduler.certify_many(inputs(), ordered=False, return_exceptions=True):
         index, example_id, label, _, _ = examples[k]
+        seconds = clock.leave(entered.pop(k))
         if isinstance(cert, Exception):
             failed.append(index)
             continue
-        written(certificate_row(example_id, label, cert, time.perf_counter() - started[k]))
+        written(certificate_row(example_id, label, cert, seconds))
     return failed
+
+
+class SharedClock:
+    """Wall time split equally among the examples in flight, so that the shares sum to it.
+
+    Examples batched together overlap in time; a row's own start-to-finish
+    time would count the same second many times over. Here every interval is
+    divided among the examples in flight during it (the time before the first
+    one enters, the scheduler's set-up, goes to that first one). One running
+    sum makes :meth:`enter` and :meth:`leave` O(1).
+    """
+
+    def __init__(self):
+        self._last = time.perf_counter()
+        self._share = 0.0   # seconds each example in flight has accrued since the clock started
+        self._in_flight = 0
+
+    def _tick(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        if self._in_flight:
+            self._share += elapsed / self._in_flight
+            return 0.0
+        return elapsed   # nobody to charge yet
+
+    def enter(self) -> float:
+        """An example enters; the mark to give :meth:`leave`."""
+        unclaimed = self._tick()
+        self._in_flight += 1
+        return self._share - unclaimed
+
+    def leave(self, mark: float) -> float:
+        """The example entered at ``mark`` leaves; its share of the wall time, in seconds."""
+        self._tick()
+        self._in_flight -= 1
+        return self._share - mark
 
 
 def open_run(split: Split, out: Path, settings: dict, limit: int | None, progress: bool):

@@ -41,6 +41,13 @@ class LabelCounts:
     errors: int
     first_error: str | None
 
+    @classmethod
+    def of(cls, labels: np.ndarray, num_classes: int) -> LabelCounts:
+        """The counts of checked labels (:func:`check_labels`), none of them failed."""
+        valid = labels >= 0
+        return cls(np.bincount(labels[valid], minlength=num_classes),
+                   int(labels.size - np.count_nonzero(valid)), 0, None)
+
 
 class ModelError(RuntimeError):
     """The base classifier raised on samples of an input: no decision is made from them.
@@ -99,10 +106,10 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
         b = min(batch_size, size - start)
         tok_b, cont_b = draw(b)
         done = start
-        labels = _labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes, on_failure)
-        valid = labels >= 0
-        counts += np.bincount(labels[valid], minlength=num_classes)
-        abstained += int((~valid).sum())
+        seen = LabelCounts.of(_labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes,
+                                                 on_failure), num_classes)
+        counts += seen.counts
+        abstained += seen.abstentions
     return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None)
 
 
@@ -136,10 +143,11 @@ def check_labels(labels, b: int, num_classes: int) -> np.ndarray:
     if out.shape != (b,):
         raise ValueError(f"the base classifier returned labels of shape {out.shape} for a "
                          f"batch of {b}; it must return one integer label per sample")
-    if out.dtype == bool or not np.issubdtype(out.dtype, np.number):
+    kind = out.dtype.kind   # dtype kinds, not np.issubdtype: this runs on every model batch
+    if kind not in "iuf":
         raise ValueError(f"the base classifier must return integer labels, got {out.dtype}")
-    if not np.issubdtype(out.dtype, np.integer):
-        if not (np.issubdtype(out.dtype, np.floating) and np.all(out == np.round(out))):
+    if kind == "f":
+        if not np.all(out == np.round(out)):
             raise ValueError(f"the base classifier must return integer labels, got {out.dtype} "
                              "with non-integral values (probabilities? return labels)")
         out = out.astype(np.int64)

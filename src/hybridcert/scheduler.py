@@ -40,6 +40,7 @@ whatever stopped it.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import queue
 import threading
 import time
@@ -71,7 +72,7 @@ class _Work:
     parts: list = field(default_factory=list)   # LabelCounts of the current request's pieces
     make: Callable[[], _Job] | None = None
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple:
         """Inputs with the same key can share a model batch (same sample shapes and types)."""
         return _batch_key(self.job.inputs)
@@ -360,10 +361,12 @@ class LookScheduler:
             labels = None
         edges = np.cumsum([0, *sizes])
         for (work, *_), (tok, cont), a, b in zip(chunk, drawn, edges[:-1], edges[1:], strict=True):
-            piece = model if labels is None else (lambda t, c, a=a, b=b: labels[a:b])
+            if labels is not None:
+                work.parts.append(LabelCounts.of(labels[a:b], num_classes))
+                continue
             try:
-                # the one counting loop; a single batch of the piece's size
-                work.parts.append(smoothed._count_labels(piece, lambda size, d=(tok, cont): d,
+                # the one counting loop, bisecting to the samples that fail; one batch of the piece
+                work.parts.append(smoothed._count_labels(model, lambda size, d=(tok, cont): d,
                                                          int(b - a), int(b - a)))
             except Exception as err:
                 if isinstance(err, ModelError):  # the input's counts, not only this piece's

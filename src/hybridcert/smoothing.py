@@ -501,16 +501,20 @@ class SmoothedClassifier:
     def _stream(self, inputs: _Inputs, random_state) -> NoiseStream:
         """The example's counter-based noise stream (blocks drawn by :meth:`_raw_block`)."""
         root = self.random_state if random_state is None else random_state
-        return NoiseStream(root, lambda gen, size: self._raw_block(inputs, size, gen),
+        draw_tokens = None
+        if inputs.tokens is not None and self.discrete_noise is not None:
+            draw_tokens = self.discrete_noise.sampler(inputs.tokens, inputs.mask)
+        return NoiseStream(root, lambda gen, size: self._raw_block(inputs, size, gen, draw_tokens),
                            block_max=block_max_for(inputs.sample_bytes))
 
-    def _raw_block(self, inputs: _Inputs, b: int, rng: np.random.Generator):
-        """``b`` noisy samples drawn from one block's generator: tokens first, then the
-        continuous part (numpy tokens; no denoiser yet, it runs per model batch)."""
+    def _raw_block(self, inputs: _Inputs, b: int, rng: np.random.Generator,
+                   draw_tokens: Callable | None):
+        """``b`` noisy samples drawn from one block's generator: tokens first (``draw_tokens``,
+        the kernel's sampler bound to the input), then the continuous part (numpy tokens; no
+        denoiser yet, it runs per model batch)."""
         tok_b = None
         if inputs.tokens is not None:
-            tok_b = inputs.tokens[None].repeat(b, 0) if self.discrete_noise is None else \
-                self.discrete_noise.sample(inputs.tokens, inputs.mask, b, rng)
+            tok_b = inputs.tokens[None].repeat(b, 0) if draw_tokens is None else draw_tokens(b, rng)
         cont_b = None if inputs.cont is None else (
             self.gaussian.draw(inputs.cont, b, rng) if self.gaussian is not None
             else _repeat(inputs.cont, b))

@@ -67,6 +67,7 @@ class NoiseStream:
         self.draw_block = draw_block
         self.block_max = int(block_max)
         self._cache: tuple | None = None
+        self._edges = block_edges(0, self.block_max)   # a prefix of the layout, grown on demand
 
     def generator(self, phase: int, block: int) -> np.random.Generator:
         seq = np.random.SeedSequence(self.root.entropy,
@@ -83,7 +84,9 @@ class NoiseStream:
         """Samples ``start..stop-1`` of ``phase``: ``(tokens, continuous)``, each None or stacked."""
         if not 0 <= start < stop:
             raise ValueError(f"need 0 <= start < stop, got {start}, {stop}")
-        edges = block_edges(stop, self.block_max)
+        if self._edges[-1] < stop:   # grown geometrically: a run's looks reuse one layout
+            self._edges = block_edges(max(stop, 2 * int(self._edges[-1])), self.block_max)
+        edges = self._edges
         first = int(np.searchsorted(edges, start, side="right")) - 1
         pieces = []
         for b in range(first, len(edges) - 1):

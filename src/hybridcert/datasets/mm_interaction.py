@@ -26,6 +26,10 @@ Split: 80% train, 20% test (1,437 / 360 examples), stratified on the label.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 
 from .base import Dataset, Split
@@ -59,16 +63,36 @@ def _request(intent: int, rng: np.random.Generator) -> list[str]:
             "for", goal]
 
 
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits: images ``(1797, 8, 8)`` with values 0..16, and their digits.
+
+    Read from scikit-learn's data file as ``sklearn.datasets.load_digits`` reads
+    it (the same numbers; ``tests/test_datasets.py`` compares them), without
+    importing scikit-learn, which takes longer than building the whole data
+    set; through ``load_digits`` where the file is not where it is expected.
+    """
+    spec = importlib.util.find_spec("sklearn")   # finds the package, does not import it
+    where = spec.submodule_search_locations if spec is not None else None
+    path = Path(where[0], "datasets", "data", "digits.csv.gz") if where else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    with gzip.open(path, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
+
+
 def load(seed: int = 0) -> Dataset:
     """The ``mm-interaction`` data set (see the module docstring for its card)."""
     from scipy.ndimage import zoom
-    from sklearn.datasets import load_digits
 
-    digits = load_digits()
+    pixels, digit = digits()
     scale = IMAGE_SIZE / 8
-    images = np.clip(zoom(digits.images / 16.0, (1, scale, scale), order=1), 0, 1)
+    images = np.clip(zoom(pixels / 16.0, (1, scale, scale), order=1), 0, 1)
     images = images.astype(np.float32)
-    parity = (digits.target % 2).astype(np.int64)
+    parity = (digit % 2).astype(np.int64)
     rng = np.random.default_rng(seed)
     intent = rng.integers(0, 2, size=len(images))
     index = {w: i for i, w in enumerate(VOCAB)}
@@ -88,5 +112,5 @@ def load(seed: int = 0) -> Dataset:
         name="mm-interaction", train=split(train), test=split(test), num_classes=2,
         vocab=list(VOCAB), card=__doc__.split("Card\n----\n", 1)[1].strip(),
         class_names=["safe", "unsafe"],
-        extras={"intent": intent, "parity": parity, "digit": digits.target},
+        extras={"intent": intent, "parity": parity, "digit": digit},
     )
