@@ -32,6 +32,10 @@ def test_cli_target_run_records_answers_and_reports_the_question(tmp_path):
                     and r["predicted"] == 1 and r["true_label"] == 1 for r in rows)
     unsafe = sum(r["true_label"] == 1 for r in rows)
     assert f"({certified} of {unsafe})" in report
+    # what was asked and what it cost: the settings line names the question, not n = 10,000
+    assert "sampling = sequential, targets = (1, 0.5), n_max = 100000" in report
+    assert "n = 10000" not in report
+    assert f"wall time certifying: {sum(r['seconds'] for r in rows):.1f} s" in report
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -218,6 +218,9 @@ def _run_certify(args) -> int:
     out = certify_run(config, announce=lambda line: print(line, flush=True))
     rows = read_results(out / RESULTS)
     failed = [r for r in rows.values() if r.get("failed")]
+    print(f"{len(rows)} rows in {out / RESULTS}: "
+          f"{sum(r.get('model_calls', 0) for r in rows.values()):,} model calls, "
+          f"{sum(r.get('seconds', 0.0) for r in rows.values()):.1f} s certifying")
     if config.executor.report and len(failed) < len(rows):  # a certified row to report
         print(f"report written to {write_report(out)}")
     if failed:

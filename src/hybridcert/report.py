@@ -355,7 +355,8 @@ def wall_line(rows: list[dict]) -> str:
     """The wall time these rows took: the sum of their ``seconds``, each an example's share."""
     seconds = np.array([r["seconds"] for r in rows])
     return (f"- wall time certifying: {seconds.sum():.1f} s, {seconds.mean():.4f} s per example "
-            "(a row's `seconds` is its share; examples batched together split the time; model "
+            "(the sum of the rows' `seconds`, each an example's share of the time: examples "
+            "batched together split it; with several Ray workers, the sum over workers; model "
             "loading and this report not included; depends on the machine and its load)")
 
 
