@@ -55,6 +55,24 @@ def test_a_bound_sampler_draws_what_sample_draws(kernel, tokens):
                                       kernel.sample(tokens, noised, n, np.random.default_rng(seed)))
 
 
+def test_a_subclass_that_overrides_sample_keeps_its_law_in_the_engine():
+    """The engine draws through ``sampler``; a subclass of UniformSubstitution that overrides
+    only ``sample`` must still be the law the engine draws (found by the adversarial review)."""
+
+    class KeepsZero(UniformSubstitution):
+        def sample(self, tokens, noised, n, rng):
+            return super().sample(tokens, noised & (tokens != 0), n, rng)
+
+    kernel = KeepsZero(beta=0.5, vocab_size=50)
+    tokens, noised = np.array([0, 7, 0, 3]), np.ones(4, dtype=bool)
+    drawn = kernel.sampler(tokens, noised)(2_000, np.random.default_rng(0))
+    assert (drawn[:, [0, 2]] == 0).all() and (drawn[:, [1, 3]] != tokens[[1, 3]]).any()
+    smoothed = hc.SmoothedClassifier(lambda t, x: (np.asarray(t)[:, 0] == 0).astype(int),
+                                     discrete_noise=kernel, sigma=None, num_classes=2)
+    cert = smoothed.certify(tokens, None, n0=20, n=300, alpha=0.01, random_state=0)
+    assert cert.label == 1 and cert.count == (300,)
+
+
 def test_uniform_substitution_stream_is_the_elementwise_bound_draw():
     """The kernel draws with a scalar bound where every token is inside the alphabet; that is
     the stream of the elementwise bound ``V - inside`` (the streams recorded as counter-v1)."""

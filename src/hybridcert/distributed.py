@@ -196,14 +196,14 @@ class _Worker:
         settings = self.smoothed.settings_for(spec)
         examples = list(zip(indices, example_ids, labels, xs_discrete, xs_continuous, strict=True))
         out: dict[int, tuple] = {}
-        todo = list(indices)
+        todo = dict.fromkeys(indices, 0.0)   # index -> seconds already spent on it
         if spec.resolved_sampling == "sequential":
             todo = certify_scheduled(self.smoothed, examples, spec,
                                      lambda row: out.__setitem__(row["id"], ("row", row)))
         for index, example_id, label, x_d, x_c in examples:
             if index not in todo:
                 continue
-            start = time.perf_counter()
+            start = time.perf_counter() - todo[index]
             try:
                 out[example_id] = ("row", run_one(self.smoothed, index, example_id, label, x_d,
                                                   x_c, spec, start=start))

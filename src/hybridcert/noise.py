@@ -303,9 +303,14 @@ class UniformSubstitution(DiscreteKernel):
                              f"{written[self._index(written) < 0].tolist()}")
 
     def sample(self, tokens, noised, n, rng):
-        return self.sampler(tokens, noised)(n, rng)
+        return self._bind(tokens, noised)(n, rng)
 
     def sampler(self, tokens, noised):
+        if type(self).sample is not UniformSubstitution.sample:  # a subclass's own law
+            return super().sampler(tokens, noised)
+        return self._bind(tokens, noised)
+
+    def _bind(self, tokens, noised):
         cols = np.flatnonzero(noised)
         clean = tokens[cols]
         if cols.size:

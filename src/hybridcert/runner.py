@@ -109,14 +109,17 @@ def certify_split(
                     bar.update(1)
                     policy.finished(row)
 
+                spent: dict[int, float] = {}
                 if spec.resolved_sampling == "sequential":  # looks of many examples share batches
-                    todo = certify_scheduled(smoothed, [
+                    spent = certify_scheduled(smoothed, [
                         (i, split.ids[i], label_of(split.y[i]), split.x_discrete[i],
                          split.x_continuous[i]) for i in todo], spec, written)
+                    todo = list(spent)
                 for i in todo:
                     label, attempt = label_of(split.y[i]), 0
+                    # a row's seconds: every attempt, and its share of a failed batched one
+                    start = time.perf_counter() - spent.get(i, 0.0)
                     while True:
-                        start = time.perf_counter()
                         try:
                             row = run_one(smoothed, i, split.ids[i], label, split.x_discrete[i],
                                           split.x_continuous[i], spec, start=start)
@@ -134,7 +137,7 @@ def certify_split(
 
 
 def certify_scheduled(smoothed: SmoothedClassifier, examples: Sequence[tuple],
-                      spec: EstimationSpec, written: Callable[[dict], None]) -> list[int]:
+                      spec: EstimationSpec, written: Callable[[dict], None]) -> dict[int, float]:
     """Sequential sampling: certify ``examples`` through a :class:`~hybridcert.scheduler.LookScheduler`.
 
     ``examples`` are ``(index, example_id, label, x_discrete, x_continuous)``
@@ -146,7 +149,8 @@ def certify_scheduled(smoothed: SmoothedClassifier, examples: Sequence[tuple],
     of the wall time (:class:`SharedClock`), so the column sums to the time
     spent, as it does for examples certified one at a time. Used by the local
     executor and by every Ray actor. Returns the indices whose certification
-    raised, for the caller's one-at-a-time retries.
+    raised, for the caller's one-at-a-time retries, each with the seconds it
+    already took (for its row's ``seconds``).
     """
     from .scheduler import LookScheduler
 
@@ -159,12 +163,12 @@ def certify_scheduled(smoothed: SmoothedClassifier, examples: Sequence[tuple],
             entered[k] = clock.enter()
             yield x_d, x_c, example_seed(spec.seed, index)
 
-    failed = []
+    failed: dict[int, float] = {}
     for k, cert in scheduler.certify_many(inputs(), ordered=False, return_exceptions=True):
         index, example_id, label, _, _ = examples[k]
         seconds = clock.leave(entered.pop(k))
         if isinstance(cert, Exception):
-            failed.append(index)
+            failed[index] = seconds
             continue
         written(certificate_row(example_id, label, cert, seconds))
     return failed
