@@ -46,17 +46,17 @@ def test_restricted_alphabet_and_outside_symbol():
     (AbsorbingMask(beta=0.4, mask_id=-1), np.array([1, 2, 3, 4])),
 ])
 def test_a_bound_sampler_draws_what_sample_draws(kernel, tokens):
-    """The engine draws through ``sampler(tokens, noised)`` once per input; a block of it is the
+    """The engine draws through ``_bound_sampler(tokens, noised)`` once per input; a block is the
     block ``sample`` gives from the same generator state, sample for sample."""
     noised = np.array([True, True, False, True])
-    draw = kernel.sampler(tokens, noised)
+    draw = kernel._bound_sampler(tokens, noised)
     for n, seed in ((1, 0), (4, 1), (257, 2)):
         np.testing.assert_array_equal(draw(n, np.random.default_rng(seed)),
                                       kernel.sample(tokens, noised, n, np.random.default_rng(seed)))
 
 
 def test_a_subclass_that_overrides_sample_keeps_its_law_in_the_engine():
-    """The engine draws through ``sampler``; a subclass of UniformSubstitution that overrides
+    """The engine draws through ``_bound_sampler``; a subclass of UniformSubstitution overriding
     only ``sample`` must still be the law the engine draws (found by the adversarial review)."""
 
     class KeepsZero(UniformSubstitution):
@@ -65,12 +65,23 @@ def test_a_subclass_that_overrides_sample_keeps_its_law_in_the_engine():
 
     kernel = KeepsZero(beta=0.5, vocab_size=50)
     tokens, noised = np.array([0, 7, 0, 3]), np.ones(4, dtype=bool)
-    drawn = kernel.sampler(tokens, noised)(2_000, np.random.default_rng(0))
+    drawn = kernel._bound_sampler(tokens, noised)(2_000, np.random.default_rng(0))
     assert (drawn[:, [0, 2]] == 0).all() and (drawn[:, [1, 3]] != tokens[[1, 3]]).any()
     smoothed = hc.SmoothedClassifier(lambda t, x: (np.asarray(t)[:, 0] == 0).astype(int),
                                      discrete_noise=kernel, sigma=None, num_classes=2)
     cert = smoothed.certify(tokens, None, n0=20, n=300, alpha=0.01, random_state=0)
     assert cert.label == 1 and cert.count == (300,)
+
+
+def test_a_patched_sample_is_what_the_engine_draws(monkeypatch):
+    """A class-level patch of UniformSubstitution.sample (a test double) is drawn, not bypassed."""
+    monkeypatch.setattr(UniformSubstitution, "sample",
+                        lambda self, t, m, n, rng: np.repeat(t[None], n, axis=0))
+    smoothed = hc.SmoothedClassifier(lambda t, x: (np.asarray(t)[:, 0] == 0).astype(int),
+                                     discrete_noise=UniformSubstitution(1.0, vocab_size=50),
+                                     sigma=None, num_classes=2)
+    tokens, _ = smoothed.sample(np.array([0, 1, 2, 3]), None, 5, random_state=0)
+    assert (np.asarray(tokens) == [0, 1, 2, 3]).all()
 
 
 def test_uniform_substitution_stream_is_the_elementwise_bound_draw():

@@ -38,6 +38,18 @@ def test_cli_target_run_records_answers_and_reports_the_question(tmp_path):
     assert f"wall time certifying: {sum(r['seconds'] for r in rows):.1f} s" in report
 
 
+@pytest.mark.parametrize("targets", ["frontier", [0.25, 0.5]])
+def test_reports_of_frontier_and_radii_targets_are_written(tmp_path, targets):
+    """The settings line formats (d, r) pairs only; the other documented forms are printed."""
+    smoothed = hc.SmoothedClassifier(lambda t, x: (np.asarray(x)[:, 0] > .2).astype(np.int64),
+                                     discrete_noise=UniformSubstitution(0.1, vocab_size=20),
+                                     sigma=0.5)
+    examples = (np.tile(np.arange(5), (4, 1)), np.full((4, 2), 0.6), np.ones(4, int))
+    out = certify_dataset(smoothed, examples, out=tmp_path / "run", targets=targets, n_max=2000,
+                          alpha=0.01, d_max=2, progress=False)
+    assert "sampling = sequential" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["--target", "1:0.5", "--sampling", "fixed"], "--target"),
     (["--target", "x:0.5"], "--target"),

@@ -204,12 +204,13 @@ class DiscreteKernel(ABC):
                rng: np.random.Generator) -> np.ndarray:
         """``n`` noisy copies of ``tokens`` (shape ``(n, L)``); only ``noised`` positions change."""
 
-    def sampler(self, tokens: np.ndarray,
-                noised: np.ndarray) -> Callable[[int, np.random.Generator], np.ndarray]:
+    def _bound_sampler(self, tokens: np.ndarray,
+                       noised: np.ndarray) -> Callable[[int, np.random.Generator], np.ndarray]:
         """:meth:`sample` bound to one input: ``draw(n, rng)`` equals ``sample(tokens, noised, n, rng)``.
 
-        The engine draws an input's noise in many blocks; a kernel overrides
-        this to do its per-input work (checks, lookups) once.
+        The engine draws an input's noise in many blocks; a built-in kernel
+        does its per-input work (checks, lookups) once here. Private: a user
+        kernel defines ``sample``, and that is what the engine draws.
         """
         return lambda n, rng: self.sample(tokens, noised, n, rng)
 
@@ -305,9 +306,9 @@ class UniformSubstitution(DiscreteKernel):
     def sample(self, tokens, noised, n, rng):
         return self._bind(tokens, noised)(n, rng)
 
-    def sampler(self, tokens, noised):
-        if type(self).sample is not UniformSubstitution.sample:  # a subclass's own law
-            return super().sampler(tokens, noised)
+    def _bound_sampler(self, tokens, noised):
+        if type(self).sample is not _UNIFORM_SAMPLE:  # a subclass's (or a patch's) own law
+            return super()._bound_sampler(tokens, noised)
         return self._bind(tokens, noised)
 
     def _bind(self, tokens, noised):
@@ -372,6 +373,9 @@ def _mixed_atoms(beta, vocab, d, n_in, n_out, attacker_any) -> list[Atoms]:
     if not out:
         raise ValueError(f"d = {d} exceeds the attackable positions ({n_in + n_out})")
     return out
+
+
+_UNIFORM_SAMPLE = UniformSubstitution.sample
 
 
 @dataclass(frozen=True, eq=False)

@@ -307,8 +307,9 @@ def _settings_line(s: dict) -> str:
     if s.get("sampling") == "sequential":  # n is not what it drew: it stopped by itself
         at = keys.index("n")
         keys[at:at + 1] = ["sampling", "targets", "n_max"]
-        if s.get("targets"):
-            s["targets"] = ", ".join(f"({d}, {r:g})" for d, r in s["targets"])
+        targets = s.get("targets")   # (d, r) pairs, or "frontier", or radii (documented forms)
+        if isinstance(targets, list) and all(isinstance(t, list) and len(t) == 2 for t in targets):
+            s["targets"] = ", ".join(f"({d}, {r:g})" for d, r in targets)
     line = "Settings: " + ", ".join(f"{k} = {s[k]}" for k in keys if k in s and s[k] is not None)
     den = (s.get("gaussian") or {}).get("denoiser")
     if isinstance(den, dict):  # denoised smoothing: what post-processed each noisy image

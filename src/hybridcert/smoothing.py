@@ -503,7 +503,7 @@ class SmoothedClassifier:
         root = self.random_state if random_state is None else random_state
         draw_tokens = None
         if inputs.tokens is not None and self.discrete_noise is not None:
-            draw_tokens = self.discrete_noise.sampler(inputs.tokens, inputs.mask)
+            draw_tokens = self.discrete_noise._bound_sampler(inputs.tokens, inputs.mask)
         return NoiseStream(root, lambda gen, size: self._raw_block(inputs, size, gen, draw_tokens),
                            block_max=block_max_for(inputs.sample_bytes))
 
