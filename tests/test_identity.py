@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 import hybridcert as hc
+from bright_model import bright, examples, smoothed_for
 from hybridcert.cli import main
 from hybridcert.datasets import Split
 from hybridcert.identity import file_sha256, model_fingerprint, split_sha256, tree_sha256
-from hybridcert.noise import AppendInput, UniformSubstitution
+from hybridcert.noise import AppendInput
 from hybridcert.rundir import SettingsMismatch
 from hybridcert.runner import certify_dataset
 
@@ -108,10 +109,6 @@ def _threshold(level):
     return f
 
 
-def bright(tokens, images):
-    return (images.reshape(len(images), -1).mean(axis=1) > 0.5).astype(int)
-
-
 def dark(tokens, images):
     return (images.reshape(len(images), -1).mean(axis=1) < 0.5).astype(int)
 
@@ -189,51 +186,40 @@ def test_an_estimator_by_its_pickle_and_a_module_by_its_weights():
 # --------------------------------------------------------------------------- refused resumes
 
 
-def _smoothed(model=bright):
-    return hc.SmoothedClassifier(model, sigma=0.25,
-                                 discrete_noise=UniformSubstitution(beta=0.5, vocab_size=50))
-
-
-def _examples(count=4, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.random((count, 4, 4)).round().astype(np.float32)
-    return rng.integers(0, 50, (count, 6)), images, bright(None, images)
-
-
 def test_certify_dataset_refuses_another_model_or_other_examples(tmp_path):
-    out = certify_dataset(_smoothed(), _examples(), out=tmp_path / "run", **API)
+    out = certify_dataset(smoothed_for(), examples(4), out=tmp_path / "run", **API)
     settings = json.loads((out / "run.json").read_text())
     assert settings["data"]["source"] == "python" and settings["model_fingerprint"]["exact"]
     written = _files(out)
     with pytest.raises(SettingsMismatch, match=r"model: another model \(function "
                        r".*bright code_sha256 \w{8}\.\. recorded, function .*dark code_sha256"):
-        certify_dataset(_smoothed(dark), _examples(), out=out, **API)
-    tokens, images, labels = _examples()
+        certify_dataset(smoothed_for(dark), examples(4), out=out, **API)
+    tokens, images, labels = examples(4)
     images[2, 0, 0] = 1 - images[2, 0, 0]
     with pytest.raises(SettingsMismatch, match=r"data: the data differ \(sha256 \w{8}\.\. "
                        r"recorded, \w{8}\.\. now\): another data file, split or filter"):
-        certify_dataset(_smoothed(), (tokens, images, labels), out=out, **API)
+        certify_dataset(smoothed_for(), (tokens, images, labels), out=out, **API)
     assert _files(out) == written  # nothing written by the refusals
-    again = certify_dataset(_smoothed(), _examples(), out=out, **{**API, "limit": 2})
+    again = certify_dataset(smoothed_for(), examples(4), out=out, **{**API, "limit": 2})
     assert again == out and _files(out) == written  # the same identity resumes (any --limit)
 
 
 def test_a_named_model_resumes_under_its_name_and_a_weak_one_is_flagged(tmp_path):
     named = {**API, "model_name": "brightness", "model_version": "1"}
-    out = certify_dataset(_smoothed(bright), _examples(), out=tmp_path / "named", **named)
-    certify_dataset(_smoothed(_threshold(0.5)), _examples(), out=out, **named)  # same name
+    out = certify_dataset(smoothed_for(bright), examples(4), out=tmp_path / "named", **named)
+    certify_dataset(smoothed_for(_threshold(0.5)), examples(4), out=out, **named)  # same name
     with pytest.raises(SettingsMismatch, match="named brightness 2 now"):
-        certify_dataset(_smoothed(bright), _examples(), out=out,
+        certify_dataset(smoothed_for(bright), examples(4), out=out,
                         **{**named, "model_version": "2"})
 
     class Opaque:
         def __call__(self, tokens, images):
             return bright(tokens, images)
 
-    out = certify_dataset(_smoothed(Opaque()), _examples(), out=tmp_path / "weak", **API)
+    out = certify_dataset(smoothed_for(Opaque()), examples(4), out=tmp_path / "weak", **API)
     with pytest.raises(SettingsMismatch, match="give certify_dataset model_name= and "
                        "model_version="):
-        certify_dataset(_smoothed(bright), _examples(), out=out, **API)
+        certify_dataset(smoothed_for(bright), examples(4), out=out, **API)
 
 
 def _run(argv, capsys):

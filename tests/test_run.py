@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import hybridcert as hc
+from bright_model import bright, examples, smoothed_for
 from hybridcert.cli import main
 from hybridcert.config import RunConfig
-from hybridcert.noise import UniformSubstitution
 from hybridcert.registries import register_dataset, register_model
 from hybridcert.run import plan
 from hybridcert.rundir import RunLocked, SettingsMismatch, locked, read_results
@@ -30,21 +30,6 @@ DEFAULT_RUN_JSON = {  # the one settings record (RunSettings) of `hybridcert cer
     "sampling": "fixed", "seed": 0, "sigma": 0.5, "stream": "counter-v1", "target_label": 1,
     "targets": None, "tau": 0.05, "threat": {"region": "L0Anywhere"},
 }
-
-
-def bright(tokens, images):
-    return (images.reshape(len(images), -1).mean(axis=1) > 0.5).astype(int)
-
-
-def smoothed_for(model=bright):
-    return hc.SmoothedClassifier(model, sigma=0.25,
-                                 discrete_noise=UniformSubstitution(beta=0.5, vocab_size=50))
-
-
-def examples(count=5, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.random((count, 4, 4)).round().astype(np.float32)
-    return rng.integers(0, 50, (count, 6)), images, bright(None, images)
 
 
 API = {"n0": 20, "n": 200, "progress": False, "report": False}
