@@ -18,7 +18,9 @@ from hybridcert.run import plan
 from hybridcert.rundir import RunLocked, SettingsMismatch, locked, read_results
 from hybridcert.runner import certify_dataset
 
-DEFAULT_RUN_JSON = {  # the one settings record (RunSettings) of `hybridcert certify`'s defaults
+# the one settings record (RunSettings) of `hybridcert certify`'s defaults; "stream" moved to
+# counter-v2 (a first noise block of 128 samples) with issue 22
+DEFAULT_RUN_JSON = {
     "alpha": 0.001, "batch_size": 1000, "d_max": None, "dataset": "mm-interaction",
     "decision": "threshold", "gaussian": {"clamp": None, "denoiser": None, "sigma": 0.5},
     "guard": None, "hybridcert": hc.__version__, "image_size": None,
@@ -27,7 +29,7 @@ DEFAULT_RUN_JSON = {  # the one settings record (RunSettings) of `hybridcert cer
     "limit": None, "max_error_rate": 0.05, "model": "demo", "multiclass_rule": "half",
     "on_model_error": "raise",
     "n": 10000, "n0": 100, "n_max": None, "num_classes": 2, "protocol": "shared", "rtol": 0.02,
-    "sampling": "fixed", "seed": 0, "sigma": 0.5, "stream": "counter-v1", "target_label": 1,
+    "sampling": "fixed", "seed": 0, "sigma": 0.5, "stream": "counter-v2", "target_label": 1,
     "targets": None, "tau": 0.05, "threat": {"region": "L0Anywhere"},
 }
 

@@ -15,13 +15,14 @@ from hybridcert.sequential import (
     OPEN,
     UnionClopperPearson,
     certification_thresholds,
+    decision_counts,
     frontier_converged,
     look_schedule,
     reachable_thresholds,
     run_targets,
     target_status,
 )
-from hybridcert.stats import clopper_pearson_lower
+from hybridcert.stats import clopper_pearson_lower, clopper_pearson_upper
 
 SPEC = {"kernel": "uniform", "beta": 0.25, "vocab_size": 50, "inside": 10, "outside": 0,
         "attacker_alphabet": "noise"}
@@ -240,3 +241,33 @@ def test_a_threshold_on_a_kink_is_certified_by_the_frontier_too():
                     front = hc.certified_frontier(p[d, j], sigma=sigma, tau=tau, atoms=atoms,
                                                   d_max=d)
                     assert front.largest_budget == d and front.radii[d] >= r, (sigma, beta, d, r)
+
+
+def test_decision_counts_are_exact_count_thresholds_at_every_look():
+    """k_certify is the first count whose lower bound reaches p*, k_drop the last whose upper
+    bound falls below p_reach, at every look, checked on both sides of each threshold
+    (and at the ends: p* = 0 certifies at once, p* = inf or 1.0 never below n, p_reach inf drops
+    every count)."""
+    cs = UnionClopperPearson(look_schedule(5000), alpha=0.001, alpha_drop=0.01)
+    p_star = np.array([0.0, 0.2, 0.6, 0.88, 0.99, 1.0, np.inf])
+    p_reach = reachable_thresholds(p_star, cs)
+    p_reach[-1] = np.inf   # "no count reaches p*": every upper bound falls below it
+    k_certify, k_drop = decision_counts(cs, p_star, p_reach)
+    assert k_certify.shape == k_drop.shape == (len(cs.looks), p_star.size)
+    for j, n in enumerate(cs.looks):
+        level, drop_level = cs.alpha / len(cs.looks), cs.alpha_drop / len(cs.looks)
+        for t, (p, reach) in enumerate(zip(p_star, p_reach)):
+            kc, kd = int(k_certify[j, t]), int(k_drop[j, t])
+            assert 0 <= kc <= n + 1 and -1 <= kd <= n
+            if kc <= n:
+                assert clopper_pearson_lower(kc, n, level) >= p
+            if kc >= 1:   # the count below certifies not (n + 1: not even n)
+                assert clopper_pearson_lower(min(kc - 1, n), n, level) < p
+            if kd >= 0:
+                assert clopper_pearson_upper(kd, n, drop_level) < reach
+            if kd < n:
+                assert not clopper_pearson_upper(kd + 1, n, drop_level) < reach
+    assert (k_certify[:, 0] == 0).all() and (k_drop[:, 0] == -1).all()   # p* = 0: certified
+    n = np.asarray(cs.looks)
+    assert (k_certify[:, -1] == n + 1).all() and (k_drop[:, -1] == n).all()
+    assert (k_certify[:-1, 5] == n[:-1] + 1).all()   # p* = 1 needs a bound of exactly 1

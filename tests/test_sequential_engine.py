@@ -13,7 +13,8 @@ from scipy.special import ndtr
 import hybridcert as hc
 from hybridcert.noise import UniformSubstitution
 from hybridcert.rundir import SettingsMismatch, prepare_run_dir
-from hybridcert.sampling import ABSTAIN
+from hybridcert.sampling import ABSTAIN, LabelCounts, count_labels
+from hybridcert.sequential import UnionClopperPearson, run_targets
 from hybridcert.streams import STREAM_VERSION, NoiseStream, block_edges
 
 VOCAB, BETA, SIGMA = 20, 0.25, 0.5
@@ -49,10 +50,17 @@ def p_clean(b):
 # --------------------------------------------------------------------------- noise streams
 
 
-def test_block_layout_starts_small_and_caps():
+def test_block_layout_doubles_from_128_and_caps():
+    """counter-v2: one block of 128 samples first (a noise block costs ~0.1 ms whatever its size
+    below that, and easy inputs stop near 100 samples), doubling to ``block_max``; a smaller
+    ``block_max`` (large samples) caps the first block too."""
     edges = block_edges(5000)
-    assert list(edges[:6]) == [0, 4, 8, 16, 32, 64]
+    assert list(edges[:6]) == [0, 128, 256, 512, 1024, 2048]
     assert np.all(np.diff(edges)[-3:] == 1024) and edges[-1] >= 5000
+    assert list(block_edges(100, block_max=32)) == [0, 32, 64, 96, 128]
+    assert list(block_edges(9, block_max=4)) == [0, 4, 8, 12]
+    assert NoiseStream.describe(32) == {"version": STREAM_VERSION, "first_block": 32,
+                                        "block_max": 32}
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 1000])
@@ -105,6 +113,12 @@ def test_a_run_made_with_the_old_streams_is_refused_with_the_reason(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(settings))
     with pytest.raises(SettingsMismatch, match="other noise streams"):
         prepare_run_dir(tmp_path, {**settings, "stream": STREAM_VERSION})
+    v1 = tmp_path / "v1"   # counter-v1: a first block of 4 samples, not 128
+    v1.mkdir()
+    (v1 / "run.json").write_text(json.dumps({**settings, "stream": "counter-v1"}))
+    with pytest.raises(SettingsMismatch, match="other noise streams \\(counter-v1, this version "
+                                               "draws counter-v2\\)"):
+        prepare_run_dir(v1, {**settings, "stream": STREAM_VERSION})
     fresh = tmp_path / "new"
     prepare_run_dir(fresh, {**settings, "stream": STREAM_VERSION})
     # another batch size resumes: the streams do not depend on it
@@ -125,6 +139,68 @@ def test_sequential_spends_few_calls_on_a_clear_example_and_records_them():
     assert cert.settings["stream"]["version"] == STREAM_VERSION
     for (d, r), status in cert.decisions.items():
         assert status == "certified" and cert.largest_budget >= d and cert.radii[d] >= r
+
+
+class Recorder:
+    """A HalfSpace that keeps the labels it returns, in the order of the input's samples
+    (``image_only``: x[0] <= b alone, p = Phi(b / s), up to 1)."""
+
+    def __init__(self, b: float, image_only: bool = False):
+        self.model, self.labels, self.calls = HalfSpace(b), [], 0
+        self.image_only = image_only
+
+    def __call__(self, tokens, cont):
+        self.calls += 1
+        out = (cont[:, 0] <= self.model.b).astype(int) if self.image_only else \
+            self.model(tokens, cont)
+        self.labels.append(out)
+        return out
+
+
+@pytest.mark.parametrize("targets", [[(1, 0.5)], [(0, 1.0)], [(0, 0.0), (1, 0.25), (2, 0.5)],
+                                     None])
+@pytest.mark.parametrize("b", [-0.6, 0.1, 0.35, 0.55, 3.0, "image 0.7", "image 3.0"])
+def test_requests_pass_undecidable_looks_yet_every_look_is_looked_at(b, targets):
+    """A request runs to the first look at which a target could change status, in one model
+    call; the certificate equals that of looking at every look in turn (``run_targets``, fed the
+    same labels): the same count at each look, stopping look, bound and decisions."""
+    model = Recorder(float(str(b).split()[-1]), image_only=isinstance(b, str))
+    cert = smoothed(model, batch_size=100_000).certify(
+        TOKENS, np.zeros(2), sampling="sequential", targets=targets, d_max=2, n_max=20_000,
+        alpha=0.001, random_state=11)
+    info = cert.settings["sequential"]
+    labels = np.concatenate(model.labels)
+    assert labels.size == cert.model_calls == cert.n[0]
+    cs = UnionClopperPearson(info["looks"], alpha=0.001)
+    # the model's own labels, look by look; it may not ask past what the engine drew
+    every = run_targets(lambda a, z: np.array([np.sum(labels[a:z] == 1)]) if z <= labels.size
+                        else pytest.fail("looking at every look needs more samples"),
+                        cs, np.asarray(info["p_star"]))
+    assert every.samples[0] == cert.n[0] and every.successes[0] == cert.count[0]
+    assert every.lower[0] == cert.p_lower
+    names = {0: "undecided", 1: "certified", 2: "dropped"}
+    assert [names[int(v)] for v in every.status[0]] == info["status"]
+    assert info["look_counts"] == [int(np.sum(labels[:n] == 1))
+                                   for n in info["looks"][:len(info["look_counts"])]]
+    assert model.calls <= len(info["look_counts"])
+    if b in (3.0, -0.6, "image 3.0") and targets == [(1, 0.5)]:   # easy: several looks a call
+        assert model.calls < len(info["look_counts"])
+
+
+def test_labels_are_counted_per_segment_in_one_pass():
+    """``ends`` splits the counts of one request at the looks it spans, whatever the batches
+    (a batch straddling a look, a segment ending before a piece starts)."""
+    labels = np.array([1, 0, 1, 1, -1, 0, 1, 1, 0, 1])
+    seen = LabelCounts.of(labels, 2, ends=[3, 7, 10])
+    assert seen.segments.tolist() == [[1, 2], [1, 2], [1, 2]]
+    assert seen.counts.tolist() == [3, 6] and seen.abstentions == 1
+    piece = LabelCounts.of(labels[5:], 2, ends=np.array([3, 7, 10]) - 5)
+    assert piece.segments.tolist() == [[0, 0], [1, 1], [1, 2]]
+    chunks = iter([labels[:4], labels[4:8], labels[8:]])
+    counted = count_labels(lambda t, c: c, lambda b: (None, next(chunks)), 10, batch_size=4,
+                           num_classes=2, ends=[3, 7, 10])
+    assert counted.segments.tolist() == seen.segments.tolist()
+    assert counted.counts.tolist() == [3, 6] and counted.abstentions == 1
 
 
 def test_sequential_drops_a_hopeless_target_early():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import hybridcert as hc
+from hybridcert import streams
 from hybridcert._validation import Interval, Options, ParameterError, validate_params
 from hybridcert.cli import build_parser, main
 from hybridcert.config import ConfigError, RunConfig
@@ -207,12 +208,19 @@ def golden_rows() -> dict:
     return out
 
 
-def test_rows_are_bit_identical_to_those_before_the_spec():
+def test_rows_are_bit_identical_to_those_before_the_spec(monkeypatch):
     """Every field equal, but the thresholds p*(d, r) that sequential rows record: found by a
     bracketing search since (sequential.certification_thresholds), never below the recorded
     bisection's and within 2e-12 of them (a 1e-12 relative margin); no decision, bound or
     count moved. The settings gained the model-error policy since (``on_model_error``,
-    ``max_error_rate``)."""
+    ``max_error_rate``).
+
+    The rows were recorded with the streams of counter-v1, whose first block held 4 samples;
+    counter-v2 changed that size alone (128), so it is patched back here. Sequential rows hold
+    since their requests run over the looks that cannot decide (``LookRule.span``): the same
+    counts at every look, the same stopping look."""
+    monkeypatch.setattr(streams, "_FIRST_BLOCK", 4)
+    monkeypatch.setattr(streams, "STREAM_VERSION", "counter-v1")
     recorded = json.loads(GOLDEN.read_text())
     now = json.loads(json.dumps(golden_rows()))
     for run, rows in now.items():

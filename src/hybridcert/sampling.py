@@ -34,19 +34,39 @@ ABSTAIN = -1
 
 @dataclass(frozen=True)
 class LabelCounts:
-    """What :func:`count_labels` saw: per-label counts, abstentions, errors, the first error."""
+    """What :func:`count_labels` saw: per-label counts, abstentions, errors, the first error.
+
+    ``segments`` (when the samples were counted in segments, see ``ends``
+    below): the per-label counts of each segment, shape ``(segments,
+    num_classes)``, in sample order; ``counts`` is their sum.
+    """
 
     counts: np.ndarray
     abstentions: int
     errors: int
     first_error: str | None
+    segments: np.ndarray | None = None
 
     @classmethod
-    def of(cls, labels: np.ndarray, num_classes: int) -> LabelCounts:
-        """The counts of checked labels (:func:`check_labels`), none of them failed."""
+    def of(cls, labels: np.ndarray, num_classes: int, ends=None) -> LabelCounts:
+        """The counts of checked labels (:func:`check_labels`), none of them failed.
+
+        ``ends`` (optional, increasing): segment ends, as positions relative to
+        ``labels[0]``; sample ``s`` belongs to segment ``searchsorted(ends, s,
+        "right")``, so ends at or below 0 name segments that ended before
+        these labels (their counts are 0) and the last end must be
+        ``>= labels.size``.
+        """
         valid = labels >= 0
-        return cls(np.bincount(labels[valid], minlength=num_classes),
-                   int(labels.size - np.count_nonzero(valid)), 0, None)
+        abstentions = int(labels.size - np.count_nonzero(valid))
+        if ends is None:
+            return cls(np.bincount(labels[valid], minlength=num_classes), abstentions, 0, None)
+        ends = np.asarray(ends, dtype=np.int64)
+        segment = np.searchsorted(ends, np.arange(labels.size), side="right")
+        flat = np.bincount(segment[valid] * num_classes + labels[valid],
+                           minlength=ends.size * num_classes)
+        per_segment = flat.reshape(ends.size, num_classes)
+        return cls(per_segment.sum(axis=0), abstentions, 0, None, per_segment)
 
 
 class ModelError(RuntimeError):
@@ -77,8 +97,12 @@ def _model_error(message: str, first_error: str, errors: int, calls: int) -> Mod
 
 def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_size: int,
                  num_classes: int, failed_label: int = ABSTAIN,
-                 raise_on_error: bool = False) -> LabelCounts:
+                 raise_on_error: bool = False, ends=None) -> LabelCounts:
     """Classify ``size`` noisy samples, ``draw(b) -> (tokens, continuous)`` at a time.
+
+    ``ends`` (optional): also count per segment, the segments ending at these
+    positions (relative to the first sample, increasing, the last ``>= size``;
+    :meth:`LabelCounts.of`): a sequential rule's looks inside one request.
 
     The one sampling loop of the engine and the ablation baseline. Labels are
     checked by :func:`check_labels`. A batch that raises is split in halves
@@ -102,15 +126,20 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
                              first_error=raised[0], errors=1, calls=done + 1) from err
         return failed_label
 
+    ends = None if ends is None else np.asarray(ends, dtype=np.int64)
+    per_segment = None if ends is None else np.zeros((ends.size, num_classes), dtype=np.int64)
     for start in range(0, size, batch_size):
         b = min(batch_size, size - start)
         tok_b, cont_b = draw(b)
         done = start
         seen = LabelCounts.of(_labels_per_sample(base_classifier, tok_b, cont_b, b, num_classes,
-                                                 on_failure), num_classes)
+                                                 on_failure), num_classes,
+                              None if ends is None else ends - start)
         counts += seen.counts
         abstained += seen.abstentions
-    return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None)
+        if per_segment is not None:
+            per_segment += seen.segments
+    return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None, per_segment)
 
 
 def _labels_per_sample(base_classifier, tokens, cont, b: int, num_classes: int,

@@ -1,11 +1,12 @@
 """Cross-input batching of sequential certification: many inputs' looks share model batches.
 
 A sequential certification (:mod:`hybridcert.sequential`) of one input asks
-the model for a few samples at a time (4, 4, 4, 4, 8, ... at its looks): on a
-guard whose forward pass has a latency floor, most of the wall time is that
-floor. :class:`LookScheduler` keeps a window of inputs in flight and, at
-every round, serves the pending requests of all of them (each input's next
-look, or its label-selection samples under the majority rule) in shared
+the model for a few samples at a time (8, 8, 16, 16, 44, ... : from one look
+at which a decision is possible to the next): on a guard whose forward pass
+has a latency floor, most of the wall time is that floor.
+:class:`LookScheduler` keeps a window of inputs in flight and, at every
+round, serves the pending requests of all of them (each input's next
+request, or its label-selection samples under the majority rule) in shared
 model batches of up to ``max_batch`` samples. Each input still stops on its
 own, and is replaced by the next input.
 
@@ -30,7 +31,8 @@ sample: if ``count_labels`` raises for an input, only that input fails.
 
 Budgets. :meth:`LookScheduler.submit` takes a call budget ``max_calls`` and a
 ``deadline``. The scheduler checks both before each request of the input and
-never draws past them: the input stops at its last completed look, and its
+never draws past them (a request that would pass ``max_calls`` ends at its
+last look within it): the input stops at its last completed look, and its
 open targets read ``"undecided"``, never a guess (``settings["sequential"]
 ["stopped"]`` says why). The certificate stays valid: the running bound is
 anytime-valid, so it holds at any stopping time built from the looks,
@@ -327,10 +329,13 @@ class LookScheduler:
                 work.job.stop("deadline")
             elif request is not None and work.max_calls is not None and \
                     work.job.calls + request[2] - request[1] > work.max_calls:
-                work.job.stop("max_calls")
-            else:
-                if request is not None:
-                    requests.append((work, *request))
+                # the looks that fit, as one look at a time would take them; else stop
+                if work.job.shorten(work.max_calls - work.job.calls):
+                    requests.append((work, *work.job.request()))
+                else:
+                    work.job.stop("max_calls")
+            elif request is not None:
+                requests.append((work, *request))
         with self._model_lock:
             for chunk in _chunks(requests, self.max_batch):
                 self._classify(chunk)
@@ -360,14 +365,17 @@ class LookScheduler:
         except Exception:   # served again owner by owner: count_labels says whose sample failed
             labels = None
         edges = np.cumsum([0, *sizes])
-        for (work, *_), (tok, cont), a, b in zip(chunk, drawn, edges[:-1], edges[1:], strict=True):
+        for (work, _, start, _), (tok, cont), a, b in zip(chunk, drawn, edges[:-1], edges[1:],
+                                                          strict=True):
+            cuts = work.job.cuts()   # the looks a request spans are counted apart
+            ends = None if cuts is None else np.asarray(cuts) - start
             if labels is not None:
-                work.parts.append(LabelCounts.of(labels[a:b], num_classes))
+                work.parts.append(LabelCounts.of(labels[a:b], num_classes, ends))
                 continue
             try:
                 # the one counting loop, bisecting to the samples that fail; one batch of the piece
                 work.parts.append(smoothed._count_labels(model, lambda size, d=(tok, cont): d,
-                                                         int(b - a), int(b - a)))
+                                                         int(b - a), int(b - a), ends))
             except Exception as err:
                 if isinstance(err, ModelError):  # the input's counts, not only this piece's
                     err.calls += work.job.calls
@@ -402,8 +410,9 @@ def _merge(parts: list[LabelCounts]) -> LabelCounts:
     if len(parts) == 1:
         return parts[0]
     first = next((p.first_error for p in parts if p.first_error is not None), None)
+    segments = None if parts[0].segments is None else sum(p.segments for p in parts)
     return LabelCounts(sum(p.counts for p in parts), sum(p.abstentions for p in parts),
-                       sum(p.errors for p in parts), first)
+                       sum(p.errors for p in parts), first, segments)
 
 
 def _batch_key(inputs) -> tuple:

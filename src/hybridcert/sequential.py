@@ -54,7 +54,6 @@ tolerance, or could not certify any budget (early abstention).
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ __all__ = [
     "SequentialOutcome",
     "UnionClopperPearson",
     "certification_thresholds",
+    "decision_counts",
     "frontier_converged",
     "look_schedule",
     "reachable_thresholds",
@@ -356,6 +356,39 @@ def reachable_thresholds(p_star, cs: UnionClopperPearson) -> np.ndarray:
     return np.where(p_star <= 0, 0.0, k / n)
 
 
+def decision_counts(cs: UnionClopperPearson, p_star, p_reach) -> tuple[np.ndarray, np.ndarray]:
+    """The counts at which each look can decide each target, shape ``(looks, targets)`` each.
+
+    ``k_certify[j, t]``: the smallest count whose Clopper-Pearson lower bound at
+    look ``j`` reaches ``p*_t`` (``n_j + 1``: none does). ``k_drop[j, t]``: the
+    largest count whose upper bound at look ``j`` falls below ``p_reach_t``
+    (``-1``: none does). Integer bisection on each side, the bounds being
+    increasing in the count.
+    """
+    n = np.asarray(cs.looks, dtype=np.int64)[:, None]
+    look = np.arange(n.shape[0])[:, None]
+    p_star = np.asarray(p_star, dtype=float)[None, :]
+    p_reach = np.asarray(p_reach, dtype=float)[None, :]
+    shape = np.broadcast_shapes(n.shape, p_star.shape)
+
+    def smallest(good):
+        # smallest k in [0, n] with good(k) (good monotone: False then True); n + 1 if none
+        lo, hi = np.full(shape, -1), np.broadcast_to(n + 1, shape).copy()
+        while (open_ := hi - lo > 1).any():
+            mid = (lo + hi) // 2
+            ok = good(np.clip(mid, 0, n)) & (mid <= n)
+            hi, lo = np.where(open_ & ok, mid, hi), np.where(open_ & ~ok, mid, lo)
+        return hi
+
+    with np.errstate(invalid="ignore"):
+        k_certify = smallest(lambda k: np.asarray(cs.lower(k, np.broadcast_to(look, shape)))
+                             >= p_star)
+        # the largest count that drops: one below the smallest that does not
+        k_drop = smallest(lambda k: ~(np.asarray(cs.upper(k, np.broadcast_to(look, shape)))
+                                      < p_reach)) - 1
+    return k_certify, k_drop
+
+
 def target_status(lower, upper, p_star, p_reach, previous=None) -> np.ndarray:
     """``CERTIFIED`` where ``lower >= p*``, ``DROPPED`` where ``upper < p_reach``, else ``OPEN``.
 
@@ -448,14 +481,16 @@ class LookTrack:
     """One input's progress through the looks of a :class:`LookRule` (mutable state).
 
     ``k`` successes in the ``used`` samples drawn so far; ``look`` is the index
-    of the next look; ``lower``/``upper`` the running bounds; ``status`` one
-    entry per target (``None`` in frontier mode).
+    of the next look and ``last`` that of the last look of the next request
+    (:meth:`LookRule.span`); ``lower``/``upper`` the running bounds; ``status``
+    one entry per target (``None`` in frontier mode).
     """
 
     status: np.ndarray | None
     k: int = 0
     used: int = 0
     look: int = 0
+    last: int = 0
     lower: float = 0.0
     upper: float = 1.0
     look_counts: list = field(default_factory=list)
@@ -470,6 +505,18 @@ class LookRule:
     settings; :meth:`update` is the one per-look step, vectorised over the
     inputs that reached a look together (one Clopper-Pearson call for all of
     them), used by a single certification and by the scheduler alike.
+
+    Looks that cannot decide. In target mode a request runs to the first look
+    at which some open target *could* change status, given the count so far
+    (:meth:`span`): certified if every further sample succeeds, or dropped if
+    every one fails. The looks it passes are still looked at, from their
+    counts (:meth:`update` takes one count per look), so the running bounds,
+    ``look_counts``, the stopping look and every status are those of looking
+    at each look in turn; only the model calls are fewer and fuller. The
+    count thresholds behind :meth:`span` (:func:`decision_counts`) are found
+    by bisection on the very bounds :meth:`update` computes. They decide only
+    where a request ends, never a bound: the certificate is valid whatever
+    they are.
 
     Parameters
     ----------
@@ -490,26 +537,80 @@ class LookRule:
     info: dict
     p_reach: np.ndarray | None = field(init=False)
 
+    _k_certify: np.ndarray | None = field(init=False, repr=False)
+    _k_drop: np.ndarray | None = field(init=False, repr=False)
+    _first_last: int = field(init=False, repr=False)
+
     def __post_init__(self):
         reach = None if self.p_star is None else reachable_thresholds(self.p_star, self.cs)
         object.__setattr__(self, "p_reach", reach)
+        certify = drop = None
+        if self.p_star is not None:
+            certify, drop = decision_counts(self.cs, self.p_star, reach)
+        object.__setattr__(self, "_k_certify", certify)
+        object.__setattr__(self, "_k_drop", drop)
+        # every input starts in the same state: its first request is the rule's
+        object.__setattr__(self, "_first_last", int(self._span_ends([self._fresh()])[0]))
 
-    def start(self) -> LookTrack:
+    def _fresh(self) -> LookTrack:
         return LookTrack(None if self.p_star is None else np.full(self.p_star.shape, OPEN))
 
-    def next_look(self, track: LookTrack) -> int:
-        """The sample count of ``track``'s next look."""
-        return self.cs.looks[track.look]
+    def start(self) -> LookTrack:
+        track = self._fresh()
+        track.last = self._first_last
+        return track
 
-    def update(self, tracks: Sequence[LookTrack], successes: Sequence[int]) -> None:
-        """Add each track's new successes (samples up to its next look) and decide, all at once."""
+    def span(self, track: LookTrack) -> tuple[int, int]:
+        """The samples ``(start, stop)`` of ``track``'s next request: up to the first look at
+        which a status can change (class docstring); frontier mode: the next look."""
+        return track.used, self.cs.looks[track.last]
+
+    def cuts(self, track: LookTrack) -> tuple[int, ...]:
+        """The looks (sample counts) inside and at the end of :meth:`span`: one count each."""
+        return self.cs.looks[track.look:track.last + 1]
+
+    def shorten(self, track: LookTrack, room: int) -> bool:
+        """End the next request at its last look within ``room`` more samples; False if none."""
+        fits = [j for j in range(track.look, track.last + 1)
+                if self.cs.looks[j] - track.used <= room]
+        if not fits:
+            return False
+        track.last = fits[-1]
+        return True
+
+    def _span_ends(self, tracks: Sequence[LookTrack]) -> np.ndarray:
+        """Index of the first look at or after each track's next one where an open target
+        could change status (the last look always can); frontier mode: the next look."""
+        look = np.array([t.look for t in tracks], dtype=np.int64)
+        last = len(self.cs.looks) - 1
+        if self.p_star is None:
+            return np.minimum(look, last)
+        n = np.asarray(self.cs.looks, dtype=np.int64)
+        k = np.array([t.k for t in tracks], dtype=np.int64)[:, None, None]
+        most = k + (n[None, :] - np.array([t.used for t in tracks])[:, None])[:, :, None]
+        could = (most >= self._k_certify[None]) | (k <= self._k_drop[None])
+        could &= np.stack([t.status == OPEN for t in tracks])[:, None, :]
+        could = could.any(axis=2) & (np.arange(n.size)[None, :] >= look[:, None])
+        could[:, last] = True
+        return could.argmax(axis=1)
+
+    def update(self, tracks: Sequence[LookTrack], successes: Sequence[Sequence[int]]) -> None:
+        """Add each track's new successes, one count per look of its request (:meth:`cuts`),
+        look at those looks and decide, all tracks at once (one Clopper-Pearson call)."""
         if not tracks:
             return
-        k = np.array([t.k + int(s) for t, s in zip(tracks, successes, strict=True)],
-                     dtype=np.int64)
-        look = np.array([t.look for t in tracks], dtype=np.int64)
-        lower = np.maximum([t.lower for t in tracks], np.atleast_1d(self.cs.lower(k, look)))
-        upper = np.minimum([t.upper for t in tracks], np.atleast_1d(self.cs.upper(k, look)))
+        counts = [np.asarray(s, dtype=np.int64).reshape(-1) for s in successes]
+        sizes = np.array([c.size for c in counts], dtype=np.int64)
+        if any(c.size != t.last - t.look + 1 for t, c in zip(tracks, counts, strict=True)):
+            raise ValueError("update needs one count per look of each track's request")
+        running = np.concatenate([t.k + np.cumsum(c) for t, c in zip(tracks, counts)])
+        looks = np.concatenate([np.arange(t.look, t.last + 1) for t in tracks])
+        first = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        k = running[first + sizes - 1]
+        lower = np.maximum([t.lower for t in tracks],
+                           np.maximum.reduceat(np.atleast_1d(self.cs.lower(running, looks)), first))
+        upper = np.minimum([t.upper for t in tracks],
+                           np.minimum.reduceat(np.atleast_1d(self.cs.upper(running, looks)), first))
         if self.p_star is None:
             f = self.frontier
             done = frontier_converged(lower, upper, self.cs, sigma=f["sigma"], tau=f["tau"],
@@ -521,19 +622,33 @@ class LookRule:
             done = ~(status == OPEN).any(axis=1)
         last = len(self.cs.looks) - 1
         for i, t in enumerate(tracks):
-            t.k, t.used = int(k[i]), self.cs.looks[t.look]
-            t.look_counts.append(t.k)
+            t.k, t.used = int(k[i]), self.cs.looks[t.last]
+            t.look_counts.extend(running[first[i]:first[i] + sizes[i]].tolist())
             t.lower, t.upper = float(lower[i]), float(upper[i])
             t.status = status[i]
-            t.done = bool(done[i]) or t.look == last
-            t.look += 1
+            t.done = bool(done[i]) or t.last == last
+            t.look = t.last + 1
+        going = [t for t in tracks if not t.done]
+        if going:
+            for t, end in zip(going, self._span_ends(going)):
+                t.last = int(end)
 
     def record(self, track: LookTrack, status_names: dict) -> dict:
         """``settings["sequential"]`` of a certificate that stopped at ``track``."""
-        out = {**copy.deepcopy(self.info), "look_counts": list(track.look_counts)}
+        out = {**_plain_copy(self.info), "look_counts": list(track.look_counts)}
         if track.status is not None:
             out["status"] = [status_names[int(v)] for v in track.status]
         return out
+
+
+def _plain_copy(value):
+    """A deep copy of JSON-like data (dicts, lists, scalars): each certificate owns its record
+    (``copy.deepcopy`` costs ten times more, once per certified input)."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_copy(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- frontier mode

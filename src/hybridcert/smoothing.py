@@ -397,7 +397,8 @@ class SmoothedClassifier:
         batch = engine_batch(spec.batch_size, self.batch_size)
         while (request := job.request()) is not None:
             try:
-                seen = self._counts(job.inputs, job.stream, *request, batch_size=batch)
+                seen = self._counts(job.inputs, job.stream, *request, batch_size=batch,
+                                    cuts=job.cuts())
             except ModelError as err:  # the input's counts, not only this look's
                 err.calls += job.calls
                 raise
@@ -529,8 +530,9 @@ class SmoothedClassifier:
         return tok_b, cont_b
 
     def _counts(self, inputs: _Inputs, stream: NoiseStream, phase: int, start: int,
-                stop: int, batch_size: int | None = None) -> LabelCounts:
-        """Label counts over samples ``start..stop-1`` of ``phase``, classified batch by batch."""
+                stop: int, batch_size: int | None = None, cuts=None) -> LabelCounts:
+        """Label counts over samples ``start..stop-1`` of ``phase``, classified batch by batch;
+        also per segment ending at each of ``cuts`` (absolute sample indices), if given."""
         cursor = [start]
 
         def draw(b):
@@ -539,16 +541,17 @@ class SmoothedClassifier:
             return self._finish(inputs, *stream.take(phase, a, a + b))
 
         return self._count_labels(self.base_classifier, draw, stop - start,
-                                 batch_size or self.batch_size)
+                                  batch_size or self.batch_size,
+                                  ends=None if cuts is None else np.asarray(cuts) - start)
 
     def _count_labels(self, model: Callable, draw: Callable, size: int,
-                      batch_size: int) -> LabelCounts:
+                      batch_size: int, ends=None) -> LabelCounts:
         """:func:`~hybridcert.sampling.count_labels` under this classifier's error policy."""
         # threshold rule: a failed sample is "flagged"; majority: against every label
         failed = self.target_label if self.decision == "threshold" else ABSTAIN
         return count_labels(model, draw, size, batch_size=batch_size,
                             num_classes=self.num_classes, failed_label=failed,
-                            raise_on_error=self.on_model_error == "raise")
+                            raise_on_error=self.on_model_error == "raise", ends=ends)
 
     def _check_errors(self, errors: int, calls: int, first_error: str | None, *,
                       log: bool) -> None:
@@ -605,10 +608,23 @@ class _Job:
             return (_ESTIMATE + e, 0, self.n) if e < self.estimates else None
         if self.label == ABSTAIN or self.track.done:
             return None
-        return _ESTIMATE, self.track.used, self.rule.next_look(self.track)
+        return _ESTIMATE, *self.rule.span(self.track)
+
+    def cuts(self) -> tuple[int, ...] | None:
+        """Where :meth:`request`'s samples are counted apart: the sample counts of the looks
+        it spans (the last is its end); None when they are counted as one."""
+        if self.rule is None or self.label is None or self.track.look == self.track.last:
+            return None
+        return self.rule.cuts(self.track)
+
+    def shorten(self, room: int) -> bool:
+        """End the next request at its last look within ``room`` more samples (a call budget);
+        False when none fits (label selection and fixed sampling: never)."""
+        return self.rule is not None and self.label is not None and \
+            self.rule.shorten(self.track, room)
 
     def receive(self, seen: LabelCounts) -> None:
-        """The label counts of the samples of :meth:`request`."""
+        """The label counts of the samples of :meth:`request` (per look of :meth:`cuts`)."""
         _, start, stop = self.request()
         self.calls += stop - start
         self.abstained += seen.abstentions
@@ -621,7 +637,8 @@ class _Job:
         elif self.rule is None:
             self.seen.append(seen.counts)
         else:
-            self.pending = int(seen.counts[self.label])
+            self.pending = [int(seen.counts[self.label])] if seen.segments is None else \
+                seen.segments[:, self.label].tolist()
 
     @staticmethod
     def advance(jobs: Sequence[_Job]) -> None:
