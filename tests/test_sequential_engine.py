@@ -14,7 +14,9 @@ import hybridcert as hc
 from hybridcert.noise import UniformSubstitution
 from hybridcert.rundir import SettingsMismatch, prepare_run_dir
 from hybridcert.sampling import ABSTAIN, LabelCounts, count_labels
-from hybridcert.sequential import UnionClopperPearson, run_targets
+from hybridcert.scheduler import LookScheduler
+from hybridcert.sequential import LookRule, UnionClopperPearson, run_targets
+from hybridcert.smoothing import _look_rule
 from hybridcert.streams import STREAM_VERSION, NoiseStream, block_edges
 
 VOCAB, BETA, SIGMA = 20, 0.25, 0.5
@@ -187,6 +189,56 @@ def test_requests_pass_undecidable_looks_yet_every_look_is_looked_at(b, targets)
         assert model.calls < len(info["look_counts"])
 
 
+def sometimes_raises(tokens, x):
+    """Flags every sample; raises on any batch holding a sample with x[2] > 0.6 (~12%)."""
+    if (x[:, 2] > 0.6).any():
+        raise RuntimeError("boom")
+    return np.ones(len(x), dtype=int)
+
+
+def test_the_failed_share_is_checked_at_every_look_a_request_spans(monkeypatch):
+    """``max_error_rate`` fails an input at the first look whose failed share passes it, as one
+    look at a time would (an inner look of a request included): never a certificate instead."""
+    def outcomes():
+        sm = hc.SmoothedClassifier(sometimes_raises, discrete_noise=None, sigma=0.5, tau=0.2,
+                                   decision="threshold", on_model_error="flag", batch_size=1000)
+        out = []
+        for rate in (0.1, 0.2):
+            sm.max_error_rate = rate
+            args = dict(targets=[(0, 0.5)], n_max=2000, alpha=0.001)
+            inputs = [(None, np.zeros(3), seed) for seed in range(20)]
+            alone = []
+            for x_d, x_c, seed in inputs:
+                try:
+                    alone.append(sm.certify(x_d, x_c, random_state=seed, sampling="sequential",
+                                            **args))
+                except hc.ModelError as err:
+                    alone.append(err)
+            batched = LookScheduler(sm, **args, max_batch=64).certify_many(
+                inputs, return_exceptions=True)
+            for a, b in zip(alone, batched, strict=True):
+                assert type(a) is type(b)
+                out.append((a.errors, a.calls, str(a)) if isinstance(a, hc.ModelError)
+                           else a.to_dict())
+                if not isinstance(a, hc.ModelError):
+                    assert a.to_dict() == b.to_dict()
+                else:
+                    assert (a.errors, a.calls, str(a)) == (b.errors, b.calls, str(b))
+        return out
+
+    spans = outcomes()
+    assert sum(isinstance(o, tuple) for o in spans) >= 5   # several inputs fail, some certify
+    assert sum(isinstance(o, dict) for o in spans) >= 5
+    # one look at a time: each request ends at the next look
+    monkeypatch.setattr(LookRule, "_span_ends",
+                        lambda self, tracks: np.array([t.look for t in tracks]))
+    _look_rule.cache_clear()
+    try:
+        assert outcomes() == spans
+    finally:
+        _look_rule.cache_clear()
+
+
 def test_labels_are_counted_per_segment_in_one_pass():
     """``ends`` splits the counts of one request at the looks it spans, whatever the batches
     (a batch straddling a look, a segment ending before a piece starts)."""
@@ -201,6 +253,20 @@ def test_labels_are_counted_per_segment_in_one_pass():
                            num_classes=2, ends=[3, 7, 10])
     assert counted.segments.tolist() == seen.segments.tolist()
     assert counted.counts.tolist() == [3, 6] and counted.abstentions == 1
+    assert counted.segment_errors.tolist() == [0, 0, 0]
+
+    def fragile(tokens, x):   # samples 2 and 8 raise: one failed sample in segments 0 and 2
+        if np.isin(x, [2, 8]).any():
+            raise RuntimeError("boom")
+        return np.zeros(len(x), dtype=int)
+
+    chunks = iter([np.arange(4), np.arange(4, 8), np.arange(8, 10)])
+    failed = count_labels(fragile, lambda b: (None, next(chunks)), 10, batch_size=4,
+                          num_classes=2, ends=[3, 7, 10])
+    assert failed.errors == 2 and failed.segment_errors.tolist() == [1, 0, 1]
+    assert failed.segments.tolist() == [[2, 0], [4, 0], [2, 0]]   # failed: ABSTAIN
+    with pytest.raises(ValueError, match="ends must be"):
+        LabelCounts.of(labels, 2, ends=[3, 7])
 
 
 def test_sequential_drops_a_hopeless_target_early():

@@ -39,6 +39,7 @@ class LabelCounts:
     ``segments`` (when the samples were counted in segments, see ``ends``
     below): the per-label counts of each segment, shape ``(segments,
     num_classes)``, in sample order; ``counts`` is their sum.
+    ``segment_errors``: the failed samples of each segment (they sum to ``errors``).
     """
 
     counts: np.ndarray
@@ -46,6 +47,7 @@ class LabelCounts:
     errors: int
     first_error: str | None
     segments: np.ndarray | None = None
+    segment_errors: np.ndarray | None = None
 
     @classmethod
     def of(cls, labels: np.ndarray, num_classes: int, ends=None) -> LabelCounts:
@@ -62,11 +64,15 @@ class LabelCounts:
         if ends is None:
             return cls(np.bincount(labels[valid], minlength=num_classes), abstentions, 0, None)
         ends = np.asarray(ends, dtype=np.int64)
+        if ends.ndim != 1 or ends.size == 0 or ends[-1] < labels.size:
+            raise ValueError(f"ends must be 1-D, non-empty and end at or after the last label "
+                             f"({labels.size}), got {ends.tolist()}")
         segment = np.searchsorted(ends, np.arange(labels.size), side="right")
         flat = np.bincount(segment[valid] * num_classes + labels[valid],
                            minlength=ends.size * num_classes)
         per_segment = flat.reshape(ends.size, num_classes)
-        return cls(per_segment.sum(axis=0), abstentions, 0, None, per_segment)
+        return cls(per_segment.sum(axis=0), abstentions, 0, None, per_segment,
+                   np.zeros(ends.size, dtype=np.int64))
 
 
 class ModelError(RuntimeError):
@@ -117,13 +123,15 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
     counts = np.zeros(num_classes, dtype=np.int64)
     abstained = 0
     raised: list[str] = []
+    failed_at: list[int] = []   # positions of the samples that raised, in sample order
     done = 0
 
-    def on_failure(err: Exception) -> int:
+    def on_failure(err: Exception, position: int) -> int:
         raised.append(f"{type(err).__name__}: {err}")
+        failed_at.append(done + position)
         if raise_on_error:
             raise ModelError(f"the base classifier raised on a sample: {raised[0]}",
-                             first_error=raised[0], errors=1, calls=done + 1) from err
+                             first_error=raised[0], errors=1, calls=done + position + 1) from err
         return failed_label
 
     ends = None if ends is None else np.asarray(ends, dtype=np.int64)
@@ -139,23 +147,28 @@ def count_labels(base_classifier: Callable, draw: Callable, size: int, *, batch_
         abstained += seen.abstentions
         if per_segment is not None:
             per_segment += seen.segments
-    return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None, per_segment)
+    segment_errors = None if ends is None else np.bincount(
+        np.searchsorted(ends, np.asarray(failed_at, dtype=np.int64), side="right"),
+        minlength=ends.size)[:ends.size]
+    return LabelCounts(counts, abstained, len(raised), raised[0] if raised else None, per_segment,
+                       segment_errors)
 
 
 def _labels_per_sample(base_classifier, tokens, cont, b: int, num_classes: int,
-                       on_failure: Callable[[Exception], int]) -> np.ndarray:
-    """The model's labels for a batch, bisecting on exceptions down to single samples."""
+                       on_failure: Callable[[Exception, int], int], offset: int = 0) -> np.ndarray:
+    """The model's labels for a batch, bisecting on exceptions down to single samples
+    (``on_failure(err, position)``: ``position`` is the sample's, ``offset`` the batch's)."""
     try:
         labels = base_classifier(tokens, cont)
     except Exception as err:  # any failure of the user's model; on_failure says what it becomes
         if b == 1:
-            return np.full(1, on_failure(err), dtype=np.int64)
+            return np.full(1, on_failure(err, offset), dtype=np.int64)
         half = b // 2
         return np.concatenate([
             _labels_per_sample(base_classifier, _rows(tokens, 0, half), _rows(cont, 0, half),
-                               half, num_classes, on_failure),
+                               half, num_classes, on_failure, offset),
             _labels_per_sample(base_classifier, _rows(tokens, half, b), _rows(cont, half, b),
-                               b - half, num_classes, on_failure)])
+                               b - half, num_classes, on_failure, offset + half)])
     return check_labels(labels, b, num_classes)
 
 

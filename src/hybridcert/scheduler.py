@@ -30,9 +30,11 @@ another input's labels, and an error is attributed to the input that owns the
 sample: if ``count_labels`` raises for an input, only that input fails.
 
 Budgets. :meth:`LookScheduler.submit` takes a call budget ``max_calls`` and a
-``deadline``. The scheduler checks both before each request of the input and
-never draws past them (a request that would pass ``max_calls`` ends at its
-last look within it): the input stops at its last completed look, and its
+``deadline``. The scheduler checks both before each request of the input:
+it never draws past ``max_calls`` (a request that would pass it ends at its
+last look within it), and it starts no request after the deadline (one
+started before it finishes: a few looks' worth of samples at most). The
+input stops at its last completed look, and its
 open targets read ``"undecided"``, never a guess (``settings["sequential"]
 ["stopped"]`` says why). The certificate stays valid: the running bound is
 anytime-valid, so it holds at any stopping time built from the looks,
@@ -410,9 +412,12 @@ def _merge(parts: list[LabelCounts]) -> LabelCounts:
     if len(parts) == 1:
         return parts[0]
     first = next((p.first_error for p in parts if p.first_error is not None), None)
-    segments = None if parts[0].segments is None else sum(p.segments for p in parts)
+    segments = errors = None
+    if parts[0].segments is not None:
+        segments = sum(p.segments for p in parts)
+        errors = sum(p.segment_errors for p in parts)
     return LabelCounts(sum(p.counts for p in parts), sum(p.abstentions for p in parts),
-                       sum(p.errors for p in parts), first, segments)
+                       sum(p.errors for p in parts), first, segments, errors)
 
 
 def _batch_key(inputs) -> tuple:

@@ -592,7 +592,7 @@ class _Job:
         self.label = smoothed.target_label if smoothed.decision == "threshold" else None
         self.track = None if rule is None else rule.start()
         self.seen: list[np.ndarray] = []        # fixed sampling: label counts of each estimate
-        self.pending: int | None = None         # sequential: successes awaiting the look update
+        self.pending: list[int] | None = None   # sequential: successes of each look, not yet seen
         self.stopped: str | None = None         # why the caller stopped the job early
         self.calls = self.abstained = self.errors = 0
         self.first_error: str | None = None
@@ -626,6 +626,15 @@ class _Job:
     def receive(self, seen: LabelCounts) -> None:
         """The label counts of the samples of :meth:`request` (per look of :meth:`cuts`)."""
         _, start, stop = self.request()
+        cuts = self.cuts()
+        if cuts is not None and seen.errors:
+            # the failed share is checked at every look the request spans, as one look at a
+            # time would: a share too high at an inner look fails the input there
+            first = self.first_error or seen.first_error
+            inner = zip(self.errors + np.cumsum(seen.segment_errors[:-1]),
+                        self.calls + np.asarray(cuts[:-1]) - start)
+            for errors, calls in inner:
+                self.smoothed._check_errors(int(errors), int(calls), first, log=False)
         self.calls += stop - start
         self.abstained += seen.abstentions
         self.errors += seen.errors
