@@ -343,17 +343,24 @@ def reachable_thresholds(p_star, cs: UnionClopperPearson) -> np.ndarray:
     n = cs.n_max
     level = cs.alpha / len(cs.looks)
     target = p_star[np.isfinite(p_star) & (p_star < 1.0)]
-    # Integer bisection for the smallest k in [1, n] with CP_lower(k, n) >= p*
-    # (CP_lower is increasing in k); hi = n + 1 stands for "no count reaches it".
-    lo, hi = np.zeros(target.shape), np.full(target.shape, n + 1.0)
-    while (hi - lo > 1).any():
-        mid = np.floor((lo + hi) / 2)
-        good = np.asarray(clopper_pearson_lower(np.minimum(mid, n), n, level)) >= target
-        good &= mid <= n
-        hi, lo = np.where(good, mid, hi), np.where(good, lo, mid)
+    k_min = _smallest_count(lambda k: np.asarray(clopper_pearson_lower(k, n, level)) >= target,
+                            np.full(target.shape, n))
     k = np.full(p_star.shape, np.inf)
-    k[np.isfinite(p_star) & (p_star < 1.0)] = np.where(hi <= n, hi, np.inf)
+    k[np.isfinite(p_star) & (p_star < 1.0)] = np.where(k_min <= n, k_min, np.inf)
     return np.where(p_star <= 0, 0.0, k / n)
+
+
+def _smallest_count(good: Callable[[np.ndarray], np.ndarray], n: np.ndarray) -> np.ndarray:
+    """The smallest count ``k`` in ``[0, n]`` with ``good(k)``, elementwise (``n + 1`` where
+    none): an integer bisection, vectorised, for a ``good`` that is False then True as ``k``
+    grows (a Clopper-Pearson bound against a threshold: the bounds increase with the count)."""
+    n = np.asarray(n, dtype=np.int64)
+    lo, hi = np.full(n.shape, -1, dtype=np.int64), n + 1
+    while (open_ := hi - lo > 1).any():
+        mid = (lo + hi) // 2
+        ok = good(np.clip(mid, 0, n)) & (mid <= n)
+        hi, lo = np.where(open_ & ok, mid, hi), np.where(open_ & ~ok, mid, lo)
+    return hi
 
 
 def decision_counts(cs: UnionClopperPearson, p_star, p_reach) -> tuple[np.ndarray, np.ndarray]:
@@ -365,27 +372,15 @@ def decision_counts(cs: UnionClopperPearson, p_star, p_reach) -> tuple[np.ndarra
     (``-1``: none does). Integer bisection on each side, the bounds being
     increasing in the count.
     """
-    n = np.asarray(cs.looks, dtype=np.int64)[:, None]
-    look = np.arange(n.shape[0])[:, None]
     p_star = np.asarray(p_star, dtype=float)[None, :]
     p_reach = np.asarray(p_reach, dtype=float)[None, :]
-    shape = np.broadcast_shapes(n.shape, p_star.shape)
-
-    def smallest(good):
-        # smallest k in [0, n] with good(k) (good monotone: False then True); n + 1 if none
-        lo, hi = np.full(shape, -1), np.broadcast_to(n + 1, shape).copy()
-        while (open_ := hi - lo > 1).any():
-            mid = (lo + hi) // 2
-            ok = good(np.clip(mid, 0, n)) & (mid <= n)
-            hi, lo = np.where(open_ & ok, mid, hi), np.where(open_ & ~ok, mid, lo)
-        return hi
-
+    shape = (len(cs.looks), p_star.shape[1])
+    n = np.broadcast_to(np.asarray(cs.looks, dtype=np.int64)[:, None], shape)
+    look = np.broadcast_to(np.arange(shape[0])[:, None], shape)
     with np.errstate(invalid="ignore"):
-        k_certify = smallest(lambda k: np.asarray(cs.lower(k, np.broadcast_to(look, shape)))
-                             >= p_star)
+        k_certify = _smallest_count(lambda k: np.asarray(cs.lower(k, look)) >= p_star, n)
         # the largest count that drops: one below the smallest that does not
-        k_drop = smallest(lambda k: ~(np.asarray(cs.upper(k, np.broadcast_to(look, shape)))
-                                      < p_reach)) - 1
+        k_drop = _smallest_count(lambda k: ~(np.asarray(cs.upper(k, look)) < p_reach), n) - 1
     return k_certify, k_drop
 
 
